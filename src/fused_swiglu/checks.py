@@ -1,0 +1,34 @@
+"""Validation at the public boundary: clear errors instead of crashes or wrong answers."""
+
+import torch
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def check_swiglu_inputs(x, w_gate, w_up, fast_accum: bool) -> None:
+    for name, t in (("x", x), ("w_gate", w_gate), ("w_up", w_up)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"swiglu: {name} must be a torch.Tensor, got {type(t).__name__}")
+    dtypes = (x.dtype, w_gate.dtype, w_up.dtype)
+    if len(set(dtypes)) != 1:
+        raise TypeError(f"swiglu: x, w_gate and w_up must share one dtype, got x {x.dtype}, "
+                        f"w_gate {w_gate.dtype}, w_up {w_up.dtype}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"swiglu: dtype {x.dtype} is not supported; use one of "
+                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    if fast_accum and x.dtype != torch.float16:
+        raise TypeError(f"swiglu: fast_accum=True accumulates in float16 and needs float16 "
+                        f"inputs, got {x.dtype}")
+    devices = (x.device, w_gate.device, w_up.device)
+    if len(set(devices)) != 1:
+        raise ValueError(f"swiglu: x, w_gate and w_up must be on one device, got x on {x.device}, "
+                         f"w_gate on {w_gate.device}, w_up on {w_up.device}")
+    if w_gate.dim() != 2 or w_up.dim() != 2:
+        raise ValueError(f"swiglu: w_gate and w_up must be 2-D (d_model, d_ff), got "
+                         f"{tuple(w_gate.shape)} and {tuple(w_up.shape)}")
+    if w_gate.shape != w_up.shape:
+        raise ValueError(f"swiglu: w_gate {tuple(w_gate.shape)} and w_up {tuple(w_up.shape)} "
+                         f"must have the same shape")
+    if x.dim() == 0 or x.shape[-1] != w_gate.shape[0]:
+        raise ValueError(f"swiglu: x {tuple(x.shape)} must end in d_model = {w_gate.shape[0]}, "
+                         f"the first dimension of the weights {tuple(w_gate.shape)}")

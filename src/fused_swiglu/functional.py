@@ -1,0 +1,64 @@
+"""The public functions."""
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .checks import check_swiglu_inputs
+from .reference import swiglu_reference
+from .tuning import interpreting
+
+
+def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
+           recompute: bool = False) -> Tensor:
+    """Fused SwiGLU: ``silu(x @ w_gate) * (x @ w_up)``, differentiable in all three inputs.
+
+    Args:
+        x: ``(..., d_model)``; any number of leading dimensions, zero tokens included.
+        w_gate, w_up: ``(d_model, d_ff)`` with any strides, e.g. ``linear.weight.T``.
+        fast_accum: float16 only: the projections accumulate in float16 (faster on GPUs whose
+            float16-accumulating tensor cores are faster, less precise). Gradients still
+            accumulate in float32.
+        recompute: the backward recomputes both projections instead of keeping
+            ``x @ w_gate`` and ``x @ w_up``: autograd holds nothing of size tokens x d_ff.
+
+    Dtypes: bfloat16, float16 or float32, the same for all three. float32 runs in full float32
+    precision (no TF32). Under ``torch.autocast("cuda")`` the inputs are cast to the autocast
+    dtype first. CUDA tensors run the Triton kernels; CPU tensors run them under the Triton
+    interpreter when ``TRITON_INTERPRET=1`` and plain PyTorch otherwise.
+
+    Returns:
+        ``(..., d_ff)`` in x's dtype.
+    """
+    if (isinstance(x, Tensor) and x.device.type == "cuda"
+            and torch.is_autocast_enabled("cuda")):
+        dtype = torch.get_autocast_dtype("cuda")
+        x, w_gate, w_up = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+                           for t in (x, w_gate, w_up))
+    check_swiglu_inputs(x, w_gate, w_up, fast_accum)
+    if not (x.is_cuda or interpreting()):
+        return swiglu_reference(x, w_gate, w_up)
+    d_model, d_ff = w_gate.shape
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or w_gate.requires_grad or w_up.requires_grad)
+    y, _ = ops.swiglu_forward(x.reshape(-1, d_model), w_gate, w_up, fast_accum,
+                              needs_grad and not recompute)
+    return y.reshape(*x.shape[:-1], d_ff)
+
+
+class FusedSwiGLU:
+    """Drop-in for the original ``FusedSwiGLU`` autograd function: float32 accumulation,
+    bfloat16, float16 or float32 inputs. ``FusedSwiGLU.apply(x, w_gate, w_up)``."""
+
+    @staticmethod
+    def apply(x: Tensor, w_gate: Tensor, w_up: Tensor) -> Tensor:
+        return swiglu(x, w_gate, w_up)
+
+
+class FastAccumFusedSwiGLU:
+    """Drop-in for the original ``FastAccumFusedSwiGLU``: float16 inputs, projections
+    accumulated in float16. ``FastAccumFusedSwiGLU.apply(x, w_gate, w_up)``."""
+
+    @staticmethod
+    def apply(x: Tensor, w_gate: Tensor, w_up: Tensor) -> Tensor:
+        return swiglu(x, w_gate, w_up, fast_accum=True)

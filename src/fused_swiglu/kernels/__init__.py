@@ -1,0 +1,1 @@
+"""Triton kernels: @triton.jit code only, no allocation and no validation."""

@@ -1,0 +1,68 @@
+"""Math and tile helpers shared by every kernel."""
+
+import os
+
+import triton
+import triton.language as tl
+
+# The interpreter's tl.dot multiplies the raw bits of bfloat16 operands, so under the
+# interpreter (and only there) the operands are upcast first.
+INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def silu(x):
+    return x * tl.sigmoid(x)
+
+
+@triton.jit
+def silu_grad(x):
+    # d/dx [x * sigmoid(x)] = sigmoid(x) * (1 + x * (1 - sigmoid(x)))
+    sig = tl.sigmoid(x)
+    return sig * (1.0 + x * (1.0 - sig))
+
+
+@triton.jit
+def mma(a, b, acc, ACC_DTYPE: tl.constexpr):
+    """acc += a @ b, accumulating in ACC_DTYPE; float32 operands stay in full precision."""
+    if INTERPRETING:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC_DTYPE)
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Map a flat program id to a (row, column) tile, GROUP_M row tiles at a time, so that
+    programs running together share the same weight columns in L2."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles_per_group = GROUP_M * tiles_n
+    group = pid // tiles_per_group
+    first_m = group * GROUP_M
+    group_rows = min(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % tiles_per_group) % group_rows
+    pid_n = (pid % tiles_per_group) // group_rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def load_tile(src, row0, col0, n_rows, n_cols, stride_r, stride_c,
+              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+              USE_TMA: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """The [BLOCK_R, BLOCK_C] tile at (row0, col0) of a logical n_rows x n_cols matrix, zero
+    outside it. With USE_TMA, `src` is a tensor descriptor of the matrix's storage: the matrix
+    itself, or its transpose when TRANSPOSED. Otherwise `src` is a pointer and any strides work."""
+    if USE_TMA:
+        if TRANSPOSED:
+            tile = src.load([col0, row0]).T
+        else:
+            tile = src.load([row0, col0])
+    else:
+        rows = (row0 + tl.arange(0, BLOCK_R)).to(tl.int64)
+        cols = (col0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        ptrs = src + rows[:, None] * stride_r + cols[None, :] * stride_c
+        mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        tile = tl.load(ptrs, mask=mask, other=0.0)
+    return tile

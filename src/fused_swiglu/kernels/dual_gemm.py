@@ -1,0 +1,73 @@
+"""One GEMM with two right-hand sides: acc_g = A @ B_gate and acc_u = A @ B_up share every tile
+of A, and an epilogue turns the pair into the SwiGLU output or its gradients."""
+
+import triton
+import triton.language as tl
+
+from .common import grouped_tile, load_tile, mma, silu, silu_grad
+
+# Epilogues (values of EPILOGUE).
+SWIGLU_FORWARD = 0  # out_a = silu(g) * u; with STORE_PREACT also out_b = g, out_c = u
+SWIGLU_BACKWARD = 1  # out_a = dy * u * silu'(g), out_b = dy * silu(g): recomputed g, u
+
+
+@triton.jit
+def dual_gemm_kernel(
+    # operands: pointers, or tensor descriptors of their storage when USE_TMA
+    a, b_gate, b_up,
+    # outputs (row-major, sharing out strides) and the incoming gradient of the backward
+    out_a, out_b, out_c, dy,
+    # sizes: A is M x K, B_gate and B_up are K x N
+    M, N, K, M_BUCKET,
+    # strides of the logical matrices
+    stride_am, stride_ak,
+    stride_gk, stride_gn,
+    stride_uk, stride_un,
+    stride_om, stride_on,
+    stride_dym, stride_dyn,
+    # meta-parameters
+    EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
+    USE_TMA: tl.constexpr, A_TRANSPOSED: tl.constexpr, B_TRANSPOSED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+
+    ACC_DTYPE: tl.constexpr = tl.float16 if FAST_ACCUM else tl.float32
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        off_k = k * BLOCK_K
+        a_tile = load_tile(a, off_m, off_k, M, K, stride_am, stride_ak,
+                           BLOCK_M, BLOCK_K, USE_TMA, A_TRANSPOSED)
+        g_tile = load_tile(b_gate, off_k, off_n, K, N, stride_gk, stride_gn,
+                           BLOCK_K, BLOCK_N, USE_TMA, B_TRANSPOSED)
+        u_tile = load_tile(b_up, off_k, off_n, K, N, stride_uk, stride_un,
+                           BLOCK_K, BLOCK_N, USE_TMA, B_TRANSPOSED)
+        acc_g = mma(a_tile, g_tile, acc_g, ACC_DTYPE)
+        acc_u = mma(a_tile, u_tile, acc_u, ACC_DTYPE)
+
+    # int64 offsets: M * N can pass 2**31 elements
+    rows = off_m.to(tl.int64) + tl.arange(0, BLOCK_M)
+    cols = off_n.to(tl.int64) + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    out_offsets = rows[:, None] * stride_om + cols[None, :] * stride_on
+    gate = acc_g.to(tl.float32)
+    up = acc_u.to(tl.float32)
+    if EPILOGUE == 0:
+        y = silu(gate) * up
+        tl.store(out_a + out_offsets, y.to(out_a.dtype.element_ty), mask=mask)
+        if STORE_PREACT:
+            tl.store(out_b + out_offsets, acc_g.to(out_b.dtype.element_ty), mask=mask)
+            tl.store(out_c + out_offsets, acc_u.to(out_c.dtype.element_ty), mask=mask)
+    else:
+        # the backward sees g and u rounded to the storage dtype, as a stored forward would
+        gate = gate.to(out_a.dtype.element_ty).to(tl.float32)
+        up = up.to(out_a.dtype.element_ty).to(tl.float32)
+        dy_tile = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
+                          mask=mask, other=0.0).to(tl.float32)
+        d_gate = dy_tile * up * silu_grad(gate)
+        d_up = dy_tile * silu(gate)
+        tl.store(out_a + out_offsets, d_gate.to(out_a.dtype.element_ty), mask=mask)
+        tl.store(out_b + out_offsets, d_up.to(out_b.dtype.element_ty), mask=mask)

@@ -1,0 +1,29 @@
+"""Elementwise SwiGLU backward: from dy and the stored pre-activations g, u to dg and du."""
+
+import triton
+import triton.language as tl
+
+from .common import silu, silu_grad
+
+
+@triton.jit
+def glu_backward_kernel(
+    # pointers
+    dy, gate, up, d_gate, d_up,
+    # sizes
+    M, N,
+    # strides (gate, up, d_gate and d_up share theirs)
+    stride_dym, stride_dyn, stride_m, stride_n,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    offsets = rows[:, None] * stride_m + cols[None, :] * stride_n
+    grad = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
+                   mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(gate + offsets, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(up + offsets, mask=mask, other=0.0).to(tl.float32)
+    tl.store(d_gate + offsets, (grad * u * silu_grad(g)).to(d_gate.dtype.element_ty), mask=mask)
+    tl.store(d_up + offsets, (grad * silu(g)).to(d_up.dtype.element_ty), mask=mask)

@@ -1,0 +1,112 @@
+"""Allocate outputs and launch the kernels on already-validated 2-D operands."""
+
+import torch
+import triton
+
+from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD
+from .kernels.glu_backward import glu_backward_kernel
+from .tuning import interpreting, token_bucket, tuned_dual_gemm
+
+try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton takes the pointer path
+    TensorDescriptor = None
+
+_TMA_ALIGNMENT = 16  # bytes: base address and every non-unit stride of a tensor descriptor
+
+
+def _storage_for_tma(t: torch.Tensor):
+    """(row-major storage of the logical matrix t, whether that storage is t transposed), or
+    None when a tensor descriptor cannot describe t."""
+    if t.stride(1) == 1 and t.stride(0) >= t.size(1):
+        storage, transposed = t, False
+    elif t.stride(0) == 1 and t.stride(1) >= t.size(0):
+        storage, transposed = t.t(), True
+    else:
+        return None
+    if (storage.data_ptr() % _TMA_ALIGNMENT
+            or (storage.stride(0) * storage.element_size()) % _TMA_ALIGNMENT):
+        return None
+    return storage, transposed
+
+
+def _tma_supported(*tensors: torch.Tensor) -> bool:
+    t = tensors[0]
+    return (TensorDescriptor is not None and not interpreting() and t.is_cuda
+            and t.dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(t.device)[0] >= 9)
+
+
+def _descriptor(storage: torch.Tensor):
+    # the block shape is a placeholder: each autotune config sets its own in a pre-hook
+    return TensorDescriptor.from_tensor(storage, [16, 16])
+
+
+def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact, fast_accum):
+    """out_* = epilogue(a @ b_gate, a @ b_up), by tiles, on 2-D operands of any strides."""
+    M, K = a.shape
+    N = b_gate.shape[1]
+    a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
+    use_tma, a_transposed, b_transposed = False, False, False
+    if _tma_supported(a):
+        a_storage, g_storage, u_storage = (_storage_for_tma(t) for t in (a, b_gate, b_up))
+        if (a_storage and g_storage and u_storage and g_storage[1] == u_storage[1]):
+            use_tma = True
+            a_arg, a_transposed = _descriptor(a_storage[0]), a_storage[1]
+            b_gate_arg, b_transposed = _descriptor(g_storage[0]), g_storage[1]
+            b_up_arg = _descriptor(u_storage[0])
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    tuned_dual_gemm()[grid](
+        a_arg, b_gate_arg, b_up_arg,
+        out_a, out_b, out_c, dy,
+        M, N, K, token_bucket(M),
+        a.stride(0), a.stride(1),
+        b_gate.stride(0), b_gate.stride(1),
+        b_up.stride(0), b_up.stride(1),
+        out_a.stride(0), out_a.stride(1),
+        dy.stride(0), dy.stride(1),
+        EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
+        USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed,
+    )
+
+
+def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
+    """y = silu(x @ w_gate) * (x @ w_up) for 2-D x; with store_preact also the pre-activations
+    packed as one (M, 2 * d_ff) tensor [g | u], else an empty tensor."""
+    M, N = x.shape[0], w_gate.shape[1]
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if store_preact:
+        preact = torch.empty((M, 2 * N), device=x.device, dtype=x.dtype)
+        gate, up = preact[:, :N], preact[:, N:]
+    else:
+        preact = x.new_empty((0,))
+        gate = up = y  # never written: STORE_PREACT is off
+    _dual_gemm(x, w_gate, w_up, y, gate, up, y, SWIGLU_FORWARD, store_preact, fast_accum)
+    return y, preact
+
+
+def swiglu_grad_from_preact(dy, preact):
+    """[dg | du] of shape (M, 2 * d_ff) from dy and the stored [g | u]."""
+    M, N = dy.shape
+    grads = torch.empty_like(preact)
+    block_m, block_n = 4, min(512, triton.next_power_of_2(N))
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    glu_backward_kernel[grid](
+        dy, preact[:, :N], preact[:, N:], grads[:, :N], grads[:, N:],
+        M, N,
+        dy.stride(0), dy.stride(1), preact.stride(0), preact.stride(1),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+    )
+    return grads
+
+
+def swiglu_grad_recompute(dy, x, w_gate, w_up, fast_accum: bool):
+    """[dg | du] of shape (M, 2 * d_ff), recomputing g and u in the GEMM's epilogue."""
+    M, N = dy.shape
+    grads = torch.empty((M, 2 * N), device=x.device, dtype=x.dtype)
+    _dual_gemm(x, w_gate, w_up, grads[:, :N], grads[:, N:], grads, dy,
+               SWIGLU_BACKWARD, False, fast_accum)
+    return grads

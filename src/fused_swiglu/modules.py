@@ -1,0 +1,29 @@
+"""SwiGLU MLP as an nn.Module, with the Llama / Mistral / Qwen parameter names."""
+
+from torch import Tensor, nn
+
+from .functional import swiglu
+
+
+class SwiGLUMLP(nn.Module):
+    """``down_proj(silu(gate_proj(x)) * up_proj(x))`` with the gate fused.
+
+    The parameter names match HuggingFace's LlamaMLP, MistralMLP and Qwen2MLP, so such an MLP's
+    state_dict loads as it is. ``recompute=True`` keeps nothing of size tokens x
+    intermediate_size for the backward (it recomputes the two projections instead).
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, *, device=None, dtype=None,
+                 recompute: bool = False):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False, **factory)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False, **factory)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False, **factory)
+        self.recompute = recompute
+
+    def forward(self, x: Tensor) -> Tensor:
+        # nn.Linear keeps (out, in) weights: their transposes are strided views, not copies
+        hidden = swiglu(x, self.gate_proj.weight.T, self.up_proj.weight.T,
+                        recompute=self.recompute)
+        return self.down_proj(hidden)
