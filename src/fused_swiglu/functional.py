@@ -23,16 +23,15 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
             ``x @ w_gate`` and ``x @ w_up``: autograd holds nothing of size tokens x d_ff.
 
     Dtypes: bfloat16, float16 or float32, the same for all three. float32 runs in full float32
-    precision (no TF32). Under ``torch.autocast("cuda")`` the inputs are cast to the autocast
-    dtype first. CUDA tensors run the Triton kernels; CPU tensors run them under the Triton
+    precision (no TF32). Under ``torch.autocast`` for x's device the inputs are cast to the
+    autocast dtype first. CUDA tensors run the Triton kernels; CPU tensors run them under the Triton
     interpreter when ``TRITON_INTERPRET=1`` and plain PyTorch otherwise.
 
     Returns:
         ``(..., d_ff)`` in x's dtype.
     """
-    if (isinstance(x, Tensor) and x.device.type == "cuda"
-            and torch.is_autocast_enabled("cuda")):
-        dtype = torch.get_autocast_dtype("cuda")
+    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
         x, w_gate, w_up = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
                            for t in (x, w_gate, w_up))
     check_swiglu_inputs(x, w_gate, w_up, fast_accum)

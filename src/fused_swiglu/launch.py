@@ -67,19 +67,25 @@ def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact,
         b_gate.stride(0), b_gate.stride(1),
         b_up.stride(0), b_up.stride(1),
         out_a.stride(0), out_a.stride(1),
+        out_b.stride(0), out_b.stride(1),
         dy.stride(0), dy.stride(1),
         EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
         USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed,
     )
 
 
+def new_output(shape, like: torch.Tensor) -> torch.Tensor:
+    """Uninitialised output memory; every element is written by a kernel."""
+    return torch.empty(shape, device=like.device, dtype=like.dtype)
+
+
 def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     """y = silu(x @ w_gate) * (x @ w_up) for 2-D x; with store_preact also the pre-activations
     packed as one (M, 2 * d_ff) tensor [g | u], else an empty tensor."""
     M, N = x.shape[0], w_gate.shape[1]
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    y = new_output((M, N), x)
     if store_preact:
-        preact = torch.empty((M, 2 * N), device=x.device, dtype=x.dtype)
+        preact = new_output((M, 2 * N), x)
         gate, up = preact[:, :N], preact[:, N:]
     else:
         preact = x.new_empty((0,))
@@ -91,7 +97,7 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
 def swiglu_grad_from_preact(dy, preact):
     """[dg | du] of shape (M, 2 * d_ff) from dy and the stored [g | u]."""
     M, N = dy.shape
-    grads = torch.empty_like(preact)
+    grads = new_output(preact.shape, preact)
     block_m, block_n = 4, min(512, triton.next_power_of_2(N))
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     glu_backward_kernel[grid](
@@ -106,7 +112,7 @@ def swiglu_grad_from_preact(dy, preact):
 def swiglu_grad_recompute(dy, x, w_gate, w_up, fast_accum: bool):
     """[dg | du] of shape (M, 2 * d_ff), recomputing g and u in the GEMM's epilogue."""
     M, N = dy.shape
-    grads = torch.empty((M, 2 * N), device=x.device, dtype=x.dtype)
+    grads = new_output((M, 2 * N), x)
     _dual_gemm(x, w_gate, w_up, grads[:, :N], grads[:, N:], grads, dy,
                SWIGLU_BACKWARD, False, fast_accum)
     return grads

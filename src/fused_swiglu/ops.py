@@ -70,24 +70,25 @@ def swiglu_backward(dy: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor, preact:
             gate, up = preact[:, :n].to(_compute_dtype(x.dtype)), preact[:, n:].to(_compute_dtype(x.dtype))
         grads = _torch_glu_grad(dy, gate, up).to(x.dtype)
     d_gate, d_up = grads[:, :n], grads[:, n:]
-    empty = x.new_empty((0,))
-    dx = empty
+    dx = dw_gate = dw_up = None
     if need_dx:
         # one output, the second product accumulated onto the first: no separate sum pass
         dx = torch.mm(d_gate, w_gate.t())
         dx.addmm_(d_up, w_up.t())
     # each weight gradient is one GEMM over all tokens: no per-batch partial buffers
-    dw_gate = torch.mm(x.t(), d_gate) if need_dw_gate else empty
-    dw_up = torch.mm(x.t(), d_up) if need_dw_up else empty
-    return dx, dw_gate, dw_up
+    if need_dw_gate:
+        dw_gate = torch.mm(x.t(), d_gate)
+    if need_dw_up:
+        dw_up = torch.mm(x.t(), d_up)
+    # outputs may not alias each other: every gradient not asked for is its own empty tensor
+    return tuple(x.new_empty((0,)) if g is None else g for g in (dx, dw_gate, dw_up))
 
 
 @swiglu_backward.register_fake
 def _(dy, x, w_gate, w_up, preact, fast_accum, recompute, need_dx, need_dw_gate, need_dw_up):
-    empty = x.new_empty((0,))
-    return (x.new_empty(x.shape) if need_dx else empty,
-            x.new_empty(w_gate.shape) if need_dw_gate else empty,
-            x.new_empty(w_up.shape) if need_dw_up else empty)
+    return (x.new_empty(x.shape if need_dx else (0,)),
+            x.new_empty(w_gate.shape if need_dw_gate else (0,)),
+            x.new_empty(w_up.shape if need_dw_up else (0,)))
 
 
 def _setup_context(ctx, inputs, output):

@@ -15,7 +15,7 @@ SWIGLU_BACKWARD = 1  # out_a = dy * u * silu'(g), out_b = dy * silu(g): recomput
 def dual_gemm_kernel(
     # operands: pointers, or tensor descriptors of their storage when USE_TMA
     a, b_gate, b_up,
-    # outputs (row-major, sharing out strides) and the incoming gradient of the backward
+    # outputs (out_b and out_c share strides) and the incoming gradient of the backward
     out_a, out_b, out_c, dy,
     # sizes: A is M x K, B_gate and B_up are K x N
     M, N, K, M_BUCKET,
@@ -23,7 +23,8 @@ def dual_gemm_kernel(
     stride_am, stride_ak,
     stride_gk, stride_gn,
     stride_uk, stride_un,
-    stride_om, stride_on,
+    stride_am_out, stride_an_out,
+    stride_bm_out, stride_bn_out,
     stride_dym, stride_dyn,
     # meta-parameters
     EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
@@ -52,15 +53,16 @@ def dual_gemm_kernel(
     rows = off_m.to(tl.int64) + tl.arange(0, BLOCK_M)
     cols = off_n.to(tl.int64) + tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
-    out_offsets = rows[:, None] * stride_om + cols[None, :] * stride_on
+    a_offsets = rows[:, None] * stride_am_out + cols[None, :] * stride_an_out
+    b_offsets = rows[:, None] * stride_bm_out + cols[None, :] * stride_bn_out
     gate = acc_g.to(tl.float32)
     up = acc_u.to(tl.float32)
     if EPILOGUE == 0:
         y = silu(gate) * up
-        tl.store(out_a + out_offsets, y.to(out_a.dtype.element_ty), mask=mask)
+        tl.store(out_a + a_offsets, y.to(out_a.dtype.element_ty), mask=mask)
         if STORE_PREACT:
-            tl.store(out_b + out_offsets, acc_g.to(out_b.dtype.element_ty), mask=mask)
-            tl.store(out_c + out_offsets, acc_u.to(out_c.dtype.element_ty), mask=mask)
+            tl.store(out_b + b_offsets, acc_g.to(out_b.dtype.element_ty), mask=mask)
+            tl.store(out_c + b_offsets, acc_u.to(out_c.dtype.element_ty), mask=mask)
     else:
         # the backward sees g and u rounded to the storage dtype, as a stored forward would
         gate = gate.to(out_a.dtype.element_ty).to(tl.float32)
@@ -69,5 +71,5 @@ def dual_gemm_kernel(
                           mask=mask, other=0.0).to(tl.float32)
         d_gate = dy_tile * up * silu_grad(gate)
         d_up = dy_tile * silu(gate)
-        tl.store(out_a + out_offsets, d_gate.to(out_a.dtype.element_ty), mask=mask)
-        tl.store(out_b + out_offsets, d_up.to(out_b.dtype.element_ty), mask=mask)
+        tl.store(out_a + a_offsets, d_gate.to(out_a.dtype.element_ty), mask=mask)
+        tl.store(out_b + b_offsets, d_up.to(out_b.dtype.element_ty), mask=mask)

@@ -1,0 +1,34 @@
+"""Pick the device: CUDA when present, else the CPU with the Triton interpreter, which must be
+switched on before triton (and so fused_swiglu) is imported."""
+
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def kernel_outputs(monkeypatch):
+    """Kernel outputs start as NaN, so an element a kernel fails to write shows up; the
+    returned list holds the shape of every output allocated."""
+    from fused_swiglu import launch
+
+    shapes = []
+
+    def nan_filled(shape, like):
+        shapes.append(tuple(shape))
+        return torch.full(shape, float("nan"), device=like.device, dtype=like.dtype)
+
+    monkeypatch.setattr(launch, "new_output", nan_filled)
+    return shapes
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    torch.manual_seed(hash(request.node.nodeid) % 2**31)

@@ -1,0 +1,282 @@
+"""Correctness of fused_swiglu against a float64 reference, on CPU (Triton interpreter, small
+shapes) and on CUDA (the same tests plus real model shapes, autocast, torch.compile)."""
+
+import pytest
+import torch
+from conftest import DEVICE, ON_GPU
+
+import fused_swiglu
+from fused_swiglu import FastAccumFusedSwiGLU, FusedSwiGLU, SwiGLUMLP, swiglu, swiglu_reference
+
+# Bounds on ||ours - ref|| / ||ref|| against the float64 reference, for the output and for each
+# gradient. bfloat16 keeps 8 significant bits (unit roundoff 2**-9 = 2.0e-3) and float16 11
+# (2**-11 = 4.9e-4); inputs, g, u, dg, du and the result are each rounded once, so a correct
+# kernel lands at a few unit roundoffs: about 4e-3 (bf16) and 1e-3 (fp16), measured. float32
+# runs in full precision (no TF32): 1e-4 leaves room for accumulation order over K in the
+# thousands. These match eager PyTorch's own error in the same dtype within 2x (tested below).
+TOLERANCE = {torch.bfloat16: 1.5e-2, torch.float16: 5e-3, torch.float32: 1e-4}
+# float16 accumulation rounds every partial sum to 11 bits: the error grows with d_model.
+FAST_ACCUM_TOLERANCE = 1e-2
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+# (leading dims of x, d_model, d_ff): single token, ragged sizes (no multiple of 16),
+# 2/3/4-D inputs, d_ff narrower than one tile, d_model not a multiple of 8.
+SHAPES = [
+    ((1,), 48, 80),
+    ((37,), 48, 80),
+    ((2, 5), 40, 72),
+    ((2, 3, 4), 24, 40),
+    ((19,), 64, 8),
+    ((11,), 20, 33),
+]
+if ON_GPU:
+    SHAPES += [((4, 2048), 4096, 11008), ((512,), 4096, 14336), ((8,), 4096, 11008),
+               ((3, 333), 1000, 2750)]
+
+
+def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    assert torch.isfinite(ours).all(), "non-finite values (an unwritten element?)"
+    return ((ours.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(lead, d_model, d_ff, dtype, transposed=False):
+    x = torch.randn(*lead, d_model, device=DEVICE, dtype=dtype)
+    scale = d_model ** -0.5  # keeps x @ w near unit scale, like trained weights
+    if transposed:  # nn.Linear layout: (d_ff, d_model) storage, used as .T
+        w_gate = (torch.randn(d_ff, d_model, device=DEVICE, dtype=dtype) * scale).T
+        w_up = (torch.randn(d_ff, d_model, device=DEVICE, dtype=dtype) * scale).T
+    else:
+        w_gate = torch.randn(d_model, d_ff, device=DEVICE, dtype=dtype) * scale
+        w_up = torch.randn(d_model, d_ff, device=DEVICE, dtype=dtype) * scale
+    return x, w_gate, w_up
+
+
+def reference_with_grads(x, w_gate, w_up, dy):
+    leaves = [t.detach().double().requires_grad_() for t in (x, w_gate, w_up)]
+    out = swiglu_reference(*leaves)
+    out.backward(dy.double())
+    return out.detach(), [t.grad for t in leaves]
+
+
+def check_against_reference(x, w_gate, w_up, tol, **kwargs):
+    leaves = [t.detach().requires_grad_() for t in (x, w_gate, w_up)]
+    out = swiglu(*leaves, **kwargs)
+    assert out.dtype == x.dtype and out.shape == (*x.shape[:-1], w_gate.shape[1])
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    ref_out, ref_grads = reference_with_grads(x, w_gate, w_up, dy)
+    errors = {"out": relative_error(out, ref_out)}
+    for name, leaf, ref in zip(("dx", "dw_gate", "dw_up"), leaves, ref_grads):
+        assert leaf.grad.shape == leaf.shape
+        errors[name] = relative_error(leaf.grad, ref)
+    assert max(errors.values()) <= tol, errors
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,d_model,d_ff", SHAPES, ids=str)
+def test_forward_and_gradients(lead, d_model, d_ff, dtype):
+    check_against_reference(*make_inputs(lead, d_model, d_ff, dtype), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,d_model,d_ff", SHAPES[:3] + SHAPES[-1:], ids=str)
+def test_transposed_linear_weights(lead, d_model, d_ff, dtype):
+    check_against_reference(*make_inputs(lead, d_model, d_ff, dtype, transposed=True),
+                            TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_recompute(dtype):
+    check_against_reference(*make_inputs((2, 21), 48, 80, dtype), TOLERANCE[dtype],
+                            recompute=True)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("lead,d_model,d_ff", SHAPES[1:2] + SHAPES[-1:], ids=str)
+def test_fast_accum(lead, d_model, d_ff, recompute):
+    x, w_gate, w_up = make_inputs(lead, d_model, d_ff, torch.float16)
+    check_against_reference(x, w_gate, w_up, FAST_ACCUM_TOLERANCE, fast_accum=True,
+                            recompute=recompute)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_no_worse_than_twice_pytorch(dtype):
+    x, w_gate, w_up = make_inputs((64,), 96, 160, dtype)
+    ref = swiglu_reference(x.double(), w_gate.double(), w_up.double())
+    eager = torch.nn.functional.silu(x @ w_gate) * (x @ w_up)
+    ours = swiglu(x, w_gate, w_up)
+    assert relative_error(ours, ref) <= 2 * relative_error(eager, ref) + 1e-7
+
+
+def test_strided_and_mixed_layout_operands():
+    # a column slice of a wider x (row stride != d_model) and one weight transposed, the
+    # other not: layouts that a tensor descriptor cannot take, so the pointer path runs
+    dtype = torch.bfloat16
+    wide = torch.randn(29, 70, device=DEVICE, dtype=dtype)
+    x = wide[:, 3:51]
+    _, w_gate, _ = make_inputs((1,), 48, 80, dtype, transposed=True)
+    _, _, w_up = make_inputs((1,), 48, 80, dtype)
+    check_against_reference(x, w_gate, w_up, TOLERANCE[dtype])
+
+
+def test_non_contiguous_incoming_gradient():
+    x, w_gate, w_up = make_inputs((13,), 48, 80, torch.float32)
+    x.requires_grad_()
+    out = swiglu(x, w_gate, w_up)
+    (out * 3.0).sum().backward()  # dy is an expanded (stride 0) tensor
+    leaf = x.detach().double().requires_grad_()
+    (swiglu_reference(leaf, w_gate.double(), w_up.double()) * 3.0).sum().backward()
+    assert relative_error(x.grad, leaf.grad) <= TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_partial_requires_grad(which):
+    tensors = [t.detach() for t in make_inputs((9,), 48, 80, torch.float32)]
+    tensors[which].requires_grad_()
+    out = swiglu(*tensors)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    _, ref_grads = reference_with_grads(*tensors, dy)
+    for i, t in enumerate(tensors):
+        if i == which:
+            assert relative_error(t.grad, ref_grads[i]) <= TOLERANCE[torch.float32]
+        else:
+            assert t.grad is None
+
+
+def saved_tensors(fn):
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_saved_for_backward(recompute):
+    m, d_model, d_ff = 33, 48, 80
+    x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
+                                                              torch.bfloat16))
+    out, saved = saved_tensors(lambda: swiglu(x, w_gate, w_up, recompute=recompute))
+    inputs = {t.data_ptr() for t in (x, w_gate, w_up)}
+    extra = sum(t.numel() for t in saved if t.data_ptr() not in inputs)
+    assert extra <= (0 if recompute else 2 * m * d_ff), [t.shape for t in saved]
+    out.sum().backward()
+    assert x.grad is not None and w_gate.grad is not None
+
+
+def test_nothing_saved_without_grad(kernel_outputs):
+    m, d_model, d_ff = 7, 48, 80
+    x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
+                                                              torch.float16))
+    with torch.no_grad():
+        out = swiglu(x, w_gate, w_up)
+    assert out.grad_fn is None
+    out = swiglu(*(t.detach() for t in (x, w_gate, w_up)))
+    assert out.grad_fn is None
+    # only the outputs were allocated: no pre-activations kept for a backward
+    assert kernel_outputs == [(m, d_ff), (m, d_ff)]
+
+
+@pytest.mark.parametrize("lead", [(0,), (2, 0)], ids=str)
+def test_empty_input(lead):
+    x, w_gate, w_up = (t.requires_grad_() for t in make_inputs(lead, 48, 80, torch.bfloat16))
+    out = swiglu(x, w_gate, w_up)
+    assert out.shape == (*lead, 80)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w_gate.grad, torch.zeros_like(w_gate))  # no tokens, no gradient
+
+
+def test_nan_stays_in_its_row():
+    x, w_gate, w_up = make_inputs((40,), 48, 80, torch.bfloat16)
+    x[3, 5] = float("nan")
+    x[17, 0] = float("inf")
+    out = swiglu(x, w_gate, w_up)
+    bad = ~torch.isfinite(out).all(dim=1)
+    assert bad.nonzero().flatten().tolist() == [3, 17]
+
+
+def test_seed_api():
+    x, w_gate, w_up = make_inputs((2, 9), 48, 80, torch.bfloat16)
+    assert torch.equal(FusedSwiGLU.apply(x, w_gate, w_up), swiglu(x, w_gate, w_up))
+    x, w_gate, w_up = make_inputs((2, 9), 48, 80, torch.float16)
+    assert torch.equal(FastAccumFusedSwiGLU.apply(x, w_gate, w_up),
+                       swiglu(x, w_gate, w_up, fast_accum=True))
+
+
+def test_module_matches_llama_mlp_layout():
+    mlp = SwiGLUMLP(48, 80, device=DEVICE, dtype=torch.float32)
+    names = {k: tuple(v.shape) for k, v in mlp.state_dict().items()}
+    assert names == {"gate_proj.weight": (80, 48), "up_proj.weight": (80, 48),
+                     "down_proj.weight": (48, 80)}
+    x = torch.randn(3, 5, 48, device=DEVICE)
+    out = mlp(x)
+    ref = torch.nn.functional.silu(x.double() @ mlp.gate_proj.weight.double().T) \
+        * (x.double() @ mlp.up_proj.weight.double().T) @ mlp.down_proj.weight.double().T
+    assert relative_error(out, ref) <= TOLERANCE[torch.float32]
+    out.sum().backward()
+    assert mlp.gate_proj.weight.grad.shape == (80, 48)
+
+
+def bad_inputs():
+    x, w_gate, w_up = make_inputs((4,), 48, 80, torch.float32)
+    yield "d_model", ValueError, (torch.randn(4, 47, device=DEVICE), w_gate, w_up), {}
+    yield "same shape", ValueError, (x, w_gate, w_up[:, :79]), {}
+    yield "2-D", ValueError, (x, w_gate[None], w_up[None]), {}
+    yield "share one dtype", TypeError, (x, w_gate.half(), w_up), {}
+    yield "not supported", TypeError, (x.long(), w_gate.long(), w_up.long()), {}
+    yield "not supported", TypeError, (x.double(), w_gate.double(), w_up.double()), {}
+    yield "fast_accum", TypeError, (x, w_gate, w_up), {"fast_accum": True}
+    yield "fast_accum", TypeError, (x.bfloat16(), w_gate.bfloat16(), w_up.bfloat16()), \
+        {"fast_accum": True}
+    yield "must be a torch.Tensor", TypeError, (x.tolist(), w_gate, w_up), {}
+    other = "meta"
+    yield "one device", ValueError, (x.to(other), w_gate, w_up), {}
+
+
+@pytest.mark.parametrize("case", list(bad_inputs()), ids=lambda c: c[0])
+def test_bad_input_raises_clear_error(case):
+    message, error, args, kwargs = case
+    with pytest.raises(error, match=message):
+        swiglu(*args, **kwargs)
+
+
+def test_opcheck():
+    x, w_gate, w_up = make_inputs((37,), 48, 80, torch.float32)
+    x.requires_grad_()
+    for store_preact in (False, True):
+        torch.library.opcheck(fused_swiglu.ops.swiglu_forward,
+                              (x, w_gate, w_up, False, store_preact))
+    dy = torch.randn(37, 80, device=DEVICE)
+    _, preact = fused_swiglu.ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
+    torch.library.opcheck(fused_swiglu.ops.swiglu_backward,
+                          (dy, x.detach(), w_gate, w_up, preact, False, False, True, True, True))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    mlp = SwiGLUMLP(48, 80, device=DEVICE, dtype=torch.float32)
+    # the interpreter has no code generation to test on CPU; tracing is what matters there
+    compiled = torch.compile(mlp, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    x = torch.randn(5, 48, device=DEVICE, requires_grad=True)
+    out = compiled(x)
+    out.sum().backward()
+    x_ref = x.detach().requires_grad_()
+    mlp(x_ref).sum().backward()
+    assert relative_error(out, mlp(x).detach().double()) <= TOLERANCE[torch.float32]
+    assert relative_error(x.grad, x_ref.grad.double()) <= TOLERANCE[torch.float32]
+
+
+def test_autocast():
+    x, w_gate, w_up = make_inputs((64,), 256, 512, torch.float32)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out = swiglu(x, w_gate, w_up)
+    assert out.dtype == torch.bfloat16
+    ref = swiglu_reference(x.double(), w_gate.double(), w_up.double())
+    assert relative_error(out, ref) <= TOLERANCE[torch.bfloat16]
