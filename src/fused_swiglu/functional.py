@@ -30,7 +30,8 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
     Returns:
         ``(..., d_ff)`` in x's dtype.
     """
-    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+    if (isinstance(x, Tensor) and torch.amp.is_autocast_available(x.device.type)
+            and torch.is_autocast_enabled(x.device.type)):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, w_gate, w_up = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
                            for t in (x, w_gate, w_up))
