@@ -1,0 +1,237 @@
+"""Benchmark: fused_swiglu against the cuBLAS GEMM bound, eager PyTorch, torch.compile and
+Liger-Kernel, forward and forward+backward, with saved and peak memory.
+
+    python -m fused_swiglu.bench [--quick] [--out benchmarks/results]
+
+Every number comes from this one run on this one card; ratios are to the cuBLAS time of the
+packed GEMM ``x @ [w_gate | w_up]`` (three such GEMMs for forward+backward) measured here too.
+"""
+
+import argparse
+import csv
+import math
+import pathlib
+
+import torch
+import triton
+
+from .functional import swiglu
+
+TRAIN_SHAPES = [(2048, 5632), (4096, 11008), (4096, 14336), (8192, 28672)]
+TRAIN_TOKENS = [4096, 8192, 16384]
+DECODE_TOKENS = [1, 8, 32]
+
+
+def _eager(x, w_gate, w_up):
+    return torch.nn.functional.silu(x @ w_gate) * (x @ w_up)
+
+
+_compiled = None
+
+
+def _torch_compile(x, w_gate, w_up):
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_eager)
+    return _compiled(x, w_gate, w_up)
+
+
+def _liger():
+    try:
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    except ImportError:
+        return None
+
+    def run(x, w_gate, w_up):
+        return LigerSiLUMulFunction.apply(x @ w_gate, x @ w_up)
+    return run
+
+
+def implementations(dtype):
+    impls = {"eager": _eager, "torch.compile": _torch_compile}
+    liger = _liger()
+    if liger is not None:
+        impls["liger"] = liger
+    impls["fused_swiglu"] = swiglu
+    if dtype == torch.float16:
+        impls["fused_swiglu fast_accum"] = lambda x, wg, wu: swiglu(x, wg, wu, fast_accum=True)
+    impls["fused_swiglu recompute"] = lambda x, wg, wu: swiglu(x, wg, wu, recompute=True)
+    return impls
+
+
+def _median_ms(fn):
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _memory(fn, x, w_gate, w_up, dy):
+    """(bytes autograd saves beyond the inputs, peak bytes above the inputs during fwd+bwd)."""
+    inputs = {t.data_ptr() for t in (x, w_gate, w_up)}
+    saved = []
+
+    def pack(t):
+        if t.data_ptr() not in inputs:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x, w_gate, w_up)
+    torch.autograd.grad(out, (x, w_gate, w_up), dy)
+    del out
+    torch.cuda.synchronize()
+    return sum(saved), torch.cuda.max_memory_allocated() - base
+
+
+def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True):
+    """Rows of results for one shape: the bound first, then every implementation."""
+    device = "cuda"
+    x = torch.randn(m, d_model, device=device, dtype=dtype)
+    # nn.Linear layout, as models hold their weights: (d_ff, d_model) used transposed
+    w_gate = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
+    w_up = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
+    packed = torch.cat([w_gate, w_up], dim=1)
+    dy = torch.randn(m, d_ff, device=device, dtype=dtype)
+    flops_fwd = 2 * m * d_model * 2 * d_ff
+    bound_fwd = _median_ms(lambda: x @ packed)
+    rows = [dict(impl="cuBLAS packed GEMM (bound)", fwd_ms=bound_fwd,
+                 fwd_bwd_ms=3 * bound_fwd if with_backward else math.nan)]
+    del packed
+    x.requires_grad_(with_backward)
+    w_gate.requires_grad_(with_backward)
+    w_up.requires_grad_(with_backward)
+    for name, fn in impls.items():
+        with torch.no_grad():
+            fwd = _median_ms(lambda: fn(x, w_gate, w_up))
+        row = dict(impl=name, fwd_ms=fwd, fwd_bwd_ms=math.nan, saved_mb=math.nan,
+                   peak_mb=math.nan)
+        if with_backward:
+            row["fwd_bwd_ms"] = _median_ms(
+                lambda: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy))
+            if with_memory:
+                saved, peak = _memory(fn, x, w_gate, w_up, dy)
+                row["saved_mb"], row["peak_mb"] = saved / 2**20, peak / 2**20
+        rows.append(row)
+    for row in rows:
+        row.update(m=m, d_model=d_model, d_ff=d_ff, dtype=str(dtype).replace("torch.", ""))
+        row["fwd_tflops"] = flops_fwd / row["fwd_ms"] * 1e-9
+        row["fwd_vs_bound"] = row["fwd_ms"] / bound_fwd
+        row["fwd_bwd_vs_bound"] = row["fwd_bwd_ms"] / (3 * bound_fwd)
+    return rows
+
+
+def weight_read_ms(d_model, d_ff, dtype, bandwidth_gbs):
+    return 2 * d_model * d_ff * torch.tensor([], dtype=dtype).element_size() / bandwidth_gbs * 1e-6
+
+
+def copy_bandwidth_gbs():
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() / ms * 1e-6
+
+
+def run(shapes_and_tokens, dtypes, out_dir=None, with_memory=True):
+    card = torch.cuda.get_device_name()
+    bandwidth = copy_bandwidth_gbs()
+    print(f"# {card}: copy bandwidth {bandwidth:.0f} GB/s, torch {torch.__version__}, "
+          f"triton {triton.__version__}")
+    rows = []
+    for dtype in dtypes:
+        impls = implementations(dtype)
+        for (d_model, d_ff), m in shapes_and_tokens:
+            decode = m < 512
+            shape_rows = bench_shape(m, d_model, d_ff, dtype, impls, with_backward=not decode,
+                                     with_memory=with_memory)
+            read_ms = weight_read_ms(d_model, d_ff, dtype, bandwidth)
+            for row in shape_rows:
+                row["vs_weight_read"] = row["fwd_ms"] / read_ms
+            rows += shape_rows
+            _print_rows(shape_rows)
+    if out_dir is not None:
+        _write(rows, pathlib.Path(out_dir) / _card_folder(card))
+    return rows
+
+
+def _card_folder(card: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in card).strip("_")
+
+
+def _print_rows(rows):
+    first = rows[0]
+    print(f"\n{first['dtype']} M={first['m']} d_model={first['d_model']} d_ff={first['d_ff']}")
+    print(f"{'implementation':28s} {'fwd ms':>8s} {'TFLOP/s':>8s} {'x bound':>8s} "
+          f"{'fwd+bwd ms':>10s} {'x bound':>8s} {'saved MB':>9s} {'peak MB':>9s}")
+    for r in rows:
+        print(f"{r['impl']:28s} {r['fwd_ms']:8.3f} {r['fwd_tflops']:8.0f} "
+              f"{r['fwd_vs_bound']:8.3f} {r['fwd_bwd_ms']:10.3f} {r['fwd_bwd_vs_bound']:8.3f} "
+              f"{r.get('saved_mb', math.nan):9.0f} {r.get('peak_mb', math.nan):9.0f}")
+
+
+def _write(rows, folder: pathlib.Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(folder / "swiglu.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return
+    for dtype in sorted({r["dtype"] for r in rows}):
+        for column, title in (("fwd_ms", "forward"), ("fwd_bwd_ms", "forward+backward")):
+            _plot(plt, [r for r in rows if r["dtype"] == dtype and r["m"] >= 512],
+                  column, f"{dtype} {title}", folder / f"{dtype}_{column[:-3]}.png")
+
+
+def _plot(plt, rows, column, title, path):
+    shapes = list(dict.fromkeys((r["m"], r["d_model"], r["d_ff"]) for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(shapes) * 0.8), 4.5))
+    width = 0.8 / len(impls)
+    for i, impl in enumerate(impls):
+        speed = []
+        for shape in shapes:
+            row = next(r for r in rows if (r["m"], r["d_model"], r["d_ff"]) == shape
+                       and r["impl"] == impl)
+            bound = next(r for r in rows if (r["m"], r["d_model"], r["d_ff"]) == shape
+                         and r["impl"].startswith("cuBLAS"))
+            speed.append(bound[column] / row[column])
+        ax.bar([j + i * width for j in range(len(shapes))], speed, width, label=impl)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+    ax.set_xticklabels([f"{m}\n{d}x{f}" for m, d, f in shapes], fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_ylabel("speed relative to the cuBLAS GEMM bound")
+    ax.set_title(f"{title} ({torch.cuda.get_device_name()})")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one shape per size class")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for csv and png")
+    parser.add_argument("--dtypes", default="bfloat16,float16")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("the benchmark needs a CUDA GPU")
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    if args.quick:
+        cases = [((4096, 11008), m) for m in (8192, 512, 1, 32)]
+    else:
+        cases = [(shape, m) for shape in TRAIN_SHAPES for m in TRAIN_TOKENS]
+        cases += [(shape, 512) for shape in TRAIN_SHAPES]
+        cases += [(shape, m) for shape in TRAIN_SHAPES for m in DECODE_TOKENS]
+    run(cases, dtypes, out_dir=args.out)
+
+
+if __name__ == "__main__":
+    main()
