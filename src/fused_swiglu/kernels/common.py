@@ -29,7 +29,9 @@ def mma(a, b, acc, ACC_DTYPE: tl.constexpr):
         if a.dtype == tl.bfloat16:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC_DTYPE)
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC_DTYPE)
+    return tl.dot(a, b, acc, out_dtype=ACC_DTYPE)
 
 
 @triton.jit
