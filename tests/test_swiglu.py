@@ -248,15 +248,50 @@ def test_bad_input_raises_clear_error(case):
 
 
 def test_opcheck():
+    ops = fused_swiglu.ops
     x, w_gate, w_up = make_inputs((37,), 48, 80, torch.float32)
     x.requires_grad_()
-    for store_preact in (False, True):
-        torch.library.opcheck(fused_swiglu.ops.swiglu_forward,
-                              (x, w_gate, w_up, False, store_preact))
+    torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, False))
+    # Called alone, the op hands [g | u] to the caller, and its backward overwrites them in
+    # place, which AOT tracing of a returned tensor rejects. swiglu() never returns them: its
+    # compiled forward+backward is test_torch_compile_fullgraph.
+    torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, True),
+                          test_utils=("test_schema", "test_autograd_registration",
+                                      "test_faketensor"))
     dy = torch.randn(37, 80, device=DEVICE)
-    _, preact = fused_swiglu.ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
-    torch.library.opcheck(fused_swiglu.ops.swiglu_backward,
-                          (dy, x.detach(), w_gate, w_up, preact, False, False, True, True, True))
+    _, preact = ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
+    torch.library.opcheck(ops.gate_grads_inplace, (dy, preact))
+    torch.library.opcheck(ops.gate_grads_recompute, (dy, x.detach(), w_gate, w_up, False))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,d_ff", [(1, 8), (37, 80), (5, 1500)], ids=str)
+def test_gate_grads_kernel_writes_every_element(m, d_ff, dtype):
+    # the in-place path overwrites finite g, u; this one writes into poisoned memory
+    from fused_swiglu import launch
+    dy = torch.randn(m, d_ff, device=DEVICE, dtype=dtype)
+    preact = torch.randn(m, 2 * d_ff, device=DEVICE, dtype=dtype)
+    grads = launch.swiglu_grad_from_preact(dy, preact)
+    g, u = preact[:, :d_ff].double(), preact[:, d_ff:].double()
+    sig = torch.sigmoid(g)
+    ref = torch.cat([dy.double() * u * sig * (1 + g * (1 - sig)), dy.double() * g * sig], 1)
+    assert relative_error(grads, ref) <= TOLERANCE[dtype]
+
+
+def test_second_backward_needs_recompute():
+    x, w_gate, w_up = make_inputs((9,), 48, 80, torch.float32)
+    x.requires_grad_()
+    out = swiglu(x, w_gate, w_up)
+    out.sum().backward(retain_graph=True)
+    # the first backward turned the saved [g | u] into [dg | du] in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    first = x.grad.clone()
+    x.grad = None
+    out = swiglu(x, w_gate, w_up, recompute=True)
+    out.sum().backward(retain_graph=True)
+    out.sum().backward()
+    assert relative_error(x.grad, 2 * first.double()) <= TOLERANCE[torch.float32]
 
 
 def test_torch_compile_fullgraph():

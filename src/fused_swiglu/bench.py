@@ -32,7 +32,8 @@ _compiled = None
 def _torch_compile(x, w_gate, w_up):
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(_eager)
+        # dynamic shapes: one compilation serves the whole sweep
+        _compiled = torch.compile(_eager, dynamic=True)
     return _compiled(x, w_gate, w_up)
 
 

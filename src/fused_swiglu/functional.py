@@ -8,6 +8,10 @@ from .checks import check_swiglu_inputs
 from .reference import swiglu_reference
 from .tuning import interpreting
 
+# Device types with an autocast mode (others, such as "meta", make torch.is_autocast_enabled
+# raise).
+AUTOCAST_DEVICES = ("cuda", "cpu")
+
 
 def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
            recompute: bool = False) -> Tensor:
@@ -30,7 +34,7 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
     Returns:
         ``(..., d_ff)`` in x's dtype.
     """
-    if (isinstance(x, Tensor) and torch.amp.is_autocast_available(x.device.type)
+    if (isinstance(x, Tensor) and x.device.type in AUTOCAST_DEVICES
             and torch.is_autocast_enabled(x.device.type)):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, w_gate, w_up = (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t

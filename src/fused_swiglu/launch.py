@@ -94,10 +94,11 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     return y, preact
 
 
-def swiglu_grad_from_preact(dy, preact):
-    """[dg | du] of shape (M, 2 * d_ff) from dy and the stored [g | u]."""
+def swiglu_grad_from_preact(dy, preact, out=None):
+    """[dg | du] of shape (M, 2 * d_ff) from dy and the stored [g | u], into `out` (which may
+    be `preact` itself: each element is read before it is overwritten, by the same program)."""
     M, N = dy.shape
-    grads = new_output(preact.shape, preact)
+    grads = new_output(preact.shape, preact) if out is None else out
     block_m, block_n = 4, min(512, triton.next_power_of_2(N))
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     glu_backward_kernel[grid](

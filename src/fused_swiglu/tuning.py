@@ -46,24 +46,37 @@ def dual_gemm_configs():
         _config(128, 128, 64, 3, 8),
         _config(128, 64, 64, 4, 4),
         _config(64, 128, 64, 4, 4),
-        # few tokens (decode): narrow row tiles, deep K, many column programs
-        _config(16, 64, 128, 4, 4),
+        _config(64, 64, 64, 4, 4),
+        # float16 accumulators take half the registers: twice the tile
+        _config(128, 256, 64, 2, 8),
+        _config(256, 128, 64, 3, 8),
+        # few tokens (decode): reading the weights is the cost, so many narrow column
+        # programs with deep K tiles keep enough bytes in flight
+        _config(16, 16, 256, 4, 4),
         _config(16, 32, 256, 4, 4),
-        _config(32, 64, 128, 4, 4),
+        _config(16, 64, 128, 4, 4),
+        _config(16, 16, 512, 3, 4),
+        _config(32, 32, 256, 3, 4),
         # float32 operands run on FMA units (full precision), where small tiles win
         _config(64, 64, 32, 2, 4),
         _config(32, 64, 32, 2, 4),
     ]
 
 
+# accumulator registers per thread above which a config spills
+_ACCUMULATOR_REGISTER_LIMIT = 128
+
+
 def _prune(configs, nargs, **kwargs):
     element_size = nargs["out_a"].element_size()
+    accumulator_size = 2 if nargs["FAST_ACCUM"] else 4
     small_m = nargs["M_BUCKET"] <= 64
     kept = []
     for cfg in configs:
         bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
         shared = cfg.num_stages * (bm * bk + 2 * bk * bn) * element_size
-        if shared > SHARED_MEMORY_LIMIT:
+        registers = 2 * bm * bn * accumulator_size // 4 // (32 * cfg.num_warps)
+        if shared > SHARED_MEMORY_LIMIT or registers > _ACCUMULATOR_REGISTER_LIMIT:
             continue
         if element_size == 4:
             if bk == 32:
