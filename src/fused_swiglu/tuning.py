@@ -68,9 +68,10 @@ _ACCUMULATOR_REGISTER_LIMIT = 128
 
 
 def _prune(configs, nargs, **kwargs):
-    element_size = nargs["out_a"].element_size()
-    accumulator_size = 2 if nargs["FAST_ACCUM"] else 4
-    small_m = nargs["M_BUCKET"] <= 64
+    args = {**nargs, **kwargs}  # positional arguments arrive in nargs, keywords in kwargs
+    element_size = args["out_a"].element_size()
+    accumulator_size = 2 if args["FAST_ACCUM"] else 4
+    small_m = args["M_BUCKET"] <= 64
     kept = []
     for cfg in configs:
         bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
