@@ -26,10 +26,10 @@ y = torch.empty(8, 11008, device="cuda", dtype=torch.bfloat16)
 print(f"swiglu()                  {host_us(lambda: swiglu(x, w_gate, w_up)):7.1f} us")
 print(f"ops.swiglu_forward        {host_us(lambda: ops.swiglu_forward(x, w_gate, w_up, False, False)):7.1f} us")
 print(f"launch.swiglu_forward     {host_us(lambda: launch.swiglu_forward(x, w_gate, w_up, False, False)):7.1f} us")
-print(f"_tma_supported            {host_us(lambda: launch._tma_supported(x)):7.1f} us")
+print(f"_tma_supported            {host_us(lambda: launch._use_tma(x)):7.1f} us")
 print(f"3 descriptors             {host_us(lambda: [launch._descriptor(t) for t in (x, w_gate.t(), w_up.t())]):7.1f} us")
-supported = launch._tma_supported
-launch._tma_supported = lambda *t: False
+supported = launch._use_tma
+launch._use_tma = lambda a: False
 print(f"launch, pointer path      {host_us(lambda: launch.swiglu_forward(x, w_gate, w_up, False, False)):7.1f} us")
-launch._tma_supported = supported
+launch._use_tma = supported
 print(f"torch.mm                  {host_us(lambda: torch.mm(x, w_gate)):7.1f} us")

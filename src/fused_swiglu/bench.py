@@ -61,7 +61,14 @@ def implementations(dtype):
 
 
 def _median_ms(fn):
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=15, rep=60, return_mode="median")
+
+
+def _graph_median_ms(fn):
+    """Kernel time of fn replayed as a CUDA graph, as serving engines run decode steps: at a
+    few tokens the host's launch overhead would otherwise be what is measured."""
+    fn()  # compile and autotune outside the capture
+    return triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
 
 
 def _memory(fn, x, w_gate, w_up, dy):
@@ -95,7 +102,8 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     packed = torch.cat([w_gate, w_up], dim=1)
     dy = torch.randn(m, d_ff, device=device, dtype=dtype)
     flops_fwd = 2 * m * d_model * 2 * d_ff
-    bound_fwd = _median_ms(lambda: x @ packed)
+    timer = _median_ms if with_backward else _graph_median_ms
+    bound_fwd = timer(lambda: x @ packed)
     rows = [dict(impl="cuBLAS packed GEMM (bound)", fwd_ms=bound_fwd,
                  fwd_bwd_ms=3 * bound_fwd if with_backward else math.nan)]
     del packed
@@ -104,7 +112,7 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     w_up.requires_grad_(with_backward)
     for name, fn in impls.items():
         with torch.no_grad():
-            fwd = _median_ms(lambda: fn(x, w_gate, w_up))
+            fwd = timer(lambda: fn(x, w_gate, w_up))
         row = dict(impl=name, fwd_ms=fwd, fwd_bwd_ms=math.nan, saved_mb=math.nan,
                    peak_mb=math.nan)
         if with_backward:
@@ -151,8 +159,10 @@ def run(shapes_and_tokens, dtypes, out_dir=None, with_memory=True):
                 row["vs_weight_read"] = row["fwd_ms"] / read_ms
             rows += shape_rows
             _print_rows(shape_rows)
+            if out_dir is not None:  # after every shape: a cut-short run keeps what it measured
+                _write_csv(rows, pathlib.Path(out_dir) / _card_folder(card))
     if out_dir is not None:
-        _write(rows, pathlib.Path(out_dir) / _card_folder(card))
+        _write_plots(rows, pathlib.Path(out_dir) / _card_folder(card))
     return rows
 
 
@@ -171,13 +181,16 @@ def _print_rows(rows):
               f"{r.get('saved_mb', math.nan):9.0f} {r.get('peak_mb', math.nan):9.0f}")
 
 
-def _write(rows, folder: pathlib.Path):
+def _write_csv(rows, folder: pathlib.Path):
     folder.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(folder / "swiglu.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _write_plots(rows, folder: pathlib.Path):
     try:
         import matplotlib
         matplotlib.use("Agg")

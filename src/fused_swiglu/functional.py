@@ -45,8 +45,8 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
     d_model, d_ff = w_gate.shape
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or w_gate.requires_grad or w_up.requires_grad)
-    y, _ = ops.swiglu_forward(x.reshape(-1, d_model), w_gate, w_up, fast_accum,
-                              needs_grad and not recompute)
+    y = ops.swiglu_2d(x.reshape(-1, d_model), w_gate, w_up, fast_accum,
+                      needs_grad and not recompute)
     return y.reshape(*x.shape[:-1], d_ff)
 
 
