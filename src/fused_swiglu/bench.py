@@ -162,7 +162,7 @@ def run(shapes_and_tokens, dtypes, out_dir=None, with_memory=True):
             if out_dir is not None:  # after every shape: a cut-short run keeps what it measured
                 _write_csv(rows, pathlib.Path(out_dir) / _card_folder(card))
     if out_dir is not None:
-        _write_plots(rows, pathlib.Path(out_dir) / _card_folder(card))
+        write_plots(rows, pathlib.Path(out_dir) / _card_folder(card), card)
     return rows
 
 
@@ -190,7 +190,7 @@ def _write_csv(rows, folder: pathlib.Path):
         writer.writerows(rows)
 
 
-def _write_plots(rows, folder: pathlib.Path):
+def write_plots(rows, folder: pathlib.Path, card: str):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -201,7 +201,7 @@ def _write_plots(rows, folder: pathlib.Path):
     for dtype in sorted({r["dtype"] for r in rows}):
         for column, title in (("fwd_ms", "forward"), ("fwd_bwd_ms", "forward+backward")):
             _plot(plt, [r for r in rows if r["dtype"] == dtype and r["m"] >= 512],
-                  column, f"{dtype} {title}", folder / f"{dtype}_{column[:-3]}.png")
+                  column, f"{dtype} {title} ({card})", folder / f"{dtype}_{column[:-3]}.png")
 
 
 def _plot(plt, rows, column, title, path):
@@ -222,7 +222,7 @@ def _plot(plt, rows, column, title, path):
     ax.set_xticklabels([f"{m}\n{d}x{f}" for m, d, f in shapes], fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_ylabel("speed relative to the cuBLAS GEMM bound")
-    ax.set_title(f"{title} ({torch.cuda.get_device_name()})")
+    ax.set_title(title)
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,0 +1,73 @@
+"""Read a benchmark CSV (python -m fused_swiglu.bench) and print the project's performance
+targets as measured in that run; redraw its plots.
+
+    python benchmarks/summarize.py benchmarks/results/NVIDIA_H200/swiglu.csv
+"""
+
+import csv
+import math
+import pathlib
+import sys
+
+from fused_swiglu.bench import write_plots
+
+OURS = "fused_swiglu"
+
+
+def load(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k not in ("impl", "dtype"):
+                r[k] = float(v) if v not in ("", "nan") else math.nan
+        r["m"], r["d_model"], r["d_ff"] = int(r["m"]), int(r["d_model"]), int(r["d_ff"])
+    return rows
+
+
+def geomean(values):
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
+
+
+def main(path):
+    rows = load(path)
+    by_key = {(r["dtype"], r["m"], r["d_model"], r["d_ff"], r["impl"]): r for r in rows}
+    shapes = sorted({k[:4] for k in by_key})
+    for dtype in sorted({s[0] for s in shapes}):
+        train = [s for s in shapes if s[0] == dtype and s[1] >= 4096 and (*s, OURS) in by_key]
+        mid = [s for s in shapes if s[0] == dtype and s[1] >= 512 and (*s, OURS) in by_key]
+        decode = [s for s in shapes if s[0] == dtype and s[1] < 512 and (*s, OURS) in by_key]
+        fwd = [by_key[(*s, OURS)]["fwd_vs_bound"] for s in train]
+        print(f"\n{dtype}: {len(train)} shapes with M >= 4096, {len(mid) - len(train)} with "
+              f"M = 512, {len(decode)} decode")
+        print(f"  1. forward / cuBLAS bound: geomean {geomean(fwd):.3f}, worst {max(fwd):.3f}")
+        for peer in ("liger", "torch.compile"):
+            speedups = [by_key[(*s, peer)]["fwd_bwd_ms"] / by_key[(*s, OURS)]["fwd_bwd_ms"]
+                        for s in mid if (*s, peer) in by_key]
+            if speedups:
+                print(f"  2. fwd+bwd speed-up over {peer}: geomean {geomean(speedups):.3f}, "
+                      f"worst {min(speedups):.3f}")
+        if decode:
+            reads = [by_key[(*s, OURS)]["vs_weight_read"] for s in decode]
+            vs_eager = [by_key[(*s, "eager")]["fwd_ms"] / by_key[(*s, OURS)]["fwd_ms"]
+                        for s in decode]
+            print(f"  3. decode / weight-read time: worst {max(reads):.3f}; speed-up over eager: "
+                  f"worst {min(vs_eager):.3f}")
+        fast = [(*s, "fused_swiglu fast_accum") for s in mid]
+        if all(k in by_key for k in fast) and fast:
+            ratio = [by_key[k]["fwd_ms"] / by_key[(*k[:4], OURS)]["fwd_ms"] for k in fast]
+            print(f"  4. fast_accum / fp32 accumulation forward time: worst {max(ratio):.3f}")
+        peak = [by_key[(*s, OURS)]["peak_mb"] / by_key[(*s, "liger")]["peak_mb"]
+                for s in mid if (*s, "liger") in by_key]
+        recompute = [by_key[(*s, OURS + " recompute")]["fwd_bwd_ms"] / by_key[(*s, OURS)]["fwd_bwd_ms"]
+                     for s in mid]
+        if peak:
+            print(f"  5. peak memory / Liger's: worst {max(peak):.2f}; recompute fwd+bwd time / "
+                  f"default: worst {max(recompute):.3f}")
+    folder = pathlib.Path(path).parent
+    write_plots(rows, folder, folder.name.replace("_", " "))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
