@@ -234,6 +234,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one shape per size class")
     parser.add_argument("--out", default="benchmarks/results", help="folder for csv and png")
     parser.add_argument("--dtypes", default="bfloat16,float16")
+    parser.add_argument("--tokens", help="only these token counts, e.g. 512,1,8,32")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the benchmark needs a CUDA GPU")
@@ -244,6 +245,9 @@ def main(argv=None):
         cases = [(shape, m) for shape in TRAIN_SHAPES for m in TRAIN_TOKENS]
         cases += [(shape, 512) for shape in TRAIN_SHAPES]
         cases += [(shape, m) for shape in TRAIN_SHAPES for m in DECODE_TOKENS]
+    if args.tokens:
+        tokens = {int(m) for m in args.tokens.split(",")}
+        cases = [(shape, m) for shape, m in cases if m in tokens]
     run(cases, dtypes, out_dir=args.out)
 
 
