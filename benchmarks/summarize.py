@@ -1,7 +1,8 @@
-"""Read a benchmark CSV (python -m fused_swiglu.bench) and print the project's performance
-targets as measured in that run; redraw its plots.
+"""Read benchmark CSVs (python -m fused_swiglu.bench) of one card and print the project's
+performance targets as measured; redraw the plots. Every row holds ratios to baselines timed in
+its own run, so CSVs of several runs on one card can be read together.
 
-    python benchmarks/summarize.py benchmarks/results/NVIDIA_H200/swiglu.csv
+    python benchmarks/summarize.py benchmarks/results/NVIDIA_H200/*.csv
 """
 
 import csv
@@ -30,8 +31,8 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
 
 
-def main(path):
-    rows = load(path)
+def main(paths):
+    rows = [row for path in paths for row in load(path)]
     by_key = {(r["dtype"], r["m"], r["d_model"], r["d_ff"], r["impl"]): r for r in rows}
     shapes = sorted({k[:4] for k in by_key})
     for dtype in sorted({s[0] for s in shapes}):
@@ -65,9 +66,9 @@ def main(path):
         if peak:
             print(f"  5. peak memory / Liger's: worst {max(peak):.2f}; recompute fwd+bwd time / "
                   f"default: worst {max(recompute):.3f}")
-    folder = pathlib.Path(path).parent
+    folder = pathlib.Path(paths[0]).parent
     write_plots(rows, folder, folder.name.replace("_", " "))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
