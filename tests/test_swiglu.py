@@ -174,6 +174,22 @@ def test_saved_for_backward(recompute):
     assert x.grad is not None and w_gate.grad is not None
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+def test_backward_allocates_no_tokens_by_2_d_ff_buffer(recompute):
+    # sizes chosen so that a (tokens, 2 d_ff) buffer matches no other tensor's size
+    m, d_model, d_ff = 37, 48, 80
+    x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
+                                                              torch.float32))
+    out = swiglu(x, w_gate, w_up, recompute=recompute)
+    dy = torch.randn_like(out)
+    with torch.profiler.profile(profile_memory=True) as prof:
+        out.backward(dy)
+    allocated = {max(e.cpu_memory_usage, getattr(e, "device_memory_usage", 0)) for e in
+                 prof.events()}
+    # the default backward reuses the saved [g | u]; recompute needs exactly one such buffer
+    assert (m * 2 * d_ff * 4 in allocated) == recompute
+
+
 def test_nothing_saved_without_grad(kernel_outputs):
     m, d_model, d_ff = 7, 48, 80
     x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,

@@ -102,6 +102,9 @@ def _setup_context(ctx, inputs, output):
     x, w_gate, w_up, fast_accum, store_preact = inputs
     _, preact = output
     ctx.mark_non_differentiable(preact)
+    # else autograd hands the backward a zero-filled gradient for [g | u]: tokens x 2 d_ff of
+    # memory and a memset, for an output nothing differentiates
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, w_gate, w_up, preact)
     ctx.fast_accum = fast_accum
     ctx.recompute = not store_preact
