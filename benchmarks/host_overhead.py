@@ -22,14 +22,23 @@ def host_us(fn, n=200):
     return elapsed
 
 
-y = torch.empty(8, 11008, device="cuda", dtype=torch.bfloat16)
-print(f"swiglu()                  {host_us(lambda: swiglu(x, w_gate, w_up)):7.1f} us")
-print(f"ops.swiglu_forward        {host_us(lambda: ops.swiglu_forward(x, w_gate, w_up, False, False)):7.1f} us")
-print(f"launch.swiglu_forward     {host_us(lambda: launch.swiglu_forward(x, w_gate, w_up, False, False)):7.1f} us")
-print(f"_tma_supported            {host_us(lambda: launch._use_tma(x)):7.1f} us")
-print(f"3 descriptors             {host_us(lambda: [launch._descriptor(t) for t in (x, w_gate.t(), w_up.t())]):7.1f} us")
-supported = launch._use_tma
-launch._use_tma = lambda a: False
-print(f"launch, pointer path      {host_us(lambda: launch.swiglu_forward(x, w_gate, w_up, False, False)):7.1f} us")
-launch._use_tma = supported
-print(f"torch.mm                  {host_us(lambda: torch.mm(x, w_gate)):7.1f} us")
+def pointer_path_forward():
+    use_tma = launch._use_tma
+    launch._use_tma = lambda a: False
+    try:
+        launch.swiglu_forward(x, w_gate, w_up, False, False)
+    finally:
+        launch._use_tma = use_tma
+
+
+layers = [
+    ("swiglu()", lambda: swiglu(x, w_gate, w_up)),
+    ("ops.swiglu_forward (custom op)", lambda: ops.swiglu_forward(x, w_gate, w_up, False, False)),
+    ("launch.swiglu_forward", lambda: launch.swiglu_forward(x, w_gate, w_up, False, False)),
+    ("launch, pointer path forced", pointer_path_forward),
+    ("three tensor descriptors",
+     lambda: [launch._descriptor(t) for t in (x, w_gate.t(), w_up.t())]),
+    ("torch.mm", lambda: torch.mm(x, w_gate)),
+]
+for name, fn in layers:
+    print(f"{name:32s} {host_us(fn):7.1f} us")

@@ -45,4 +45,5 @@ for name, fn in (("eager", eager), ("fused", swiglu)):
             torch.autograd.grad(fn(x, wg, wu), (x, wg, wu), dy)
         torch.cuda.synchronize()
     print(f"\n{name} forward+backward, M=512, 5 iterations")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12,
+                                    max_name_column_width=60))

@@ -61,8 +61,8 @@ def main(paths):
             print(f"  4. fast_accum / fp32 accumulation forward time: worst {max(ratio):.3f}")
         peak = [by_key[(*s, OURS)]["peak_mb"] / by_key[(*s, "liger")]["peak_mb"]
                 for s in mid if (*s, "liger") in by_key]
-        recompute = [by_key[(*s, OURS + " recompute")]["fwd_bwd_ms"] / by_key[(*s, OURS)]["fwd_bwd_ms"]
-                     for s in mid]
+        recompute = [by_key[(*s, OURS + " recompute")]["fwd_bwd_ms"]
+                     / by_key[(*s, OURS)]["fwd_bwd_ms"] for s in mid]
         if peak:
             print(f"  5. peak memory / Liger's: worst {max(peak):.2f}; recompute fwd+bwd time / "
                   f"default: worst {max(recompute):.3f}")

@@ -17,7 +17,7 @@ def dual_gemm_kernel(
     a, b_gate, b_up,
     # outputs (out_b and out_c share strides) and the incoming gradient of the backward
     out_a, out_b, out_c, dy,
-    # sizes: A is M x K, B_gate and B_up are K x N
+    # sizes: A is M x K, B_gate and B_up are K x N; M_BUCKET only keys the autotuner
     M, N, K, M_BUCKET,
     # strides of the logical matrices
     stride_am, stride_ak,
