@@ -131,7 +131,7 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
 
 
 def weight_read_ms(d_model, d_ff, dtype, bandwidth_gbs):
-    return 2 * d_model * d_ff * torch.tensor([], dtype=dtype).element_size() / bandwidth_gbs * 1e-6
+    return 2 * d_model * d_ff * dtype.itemsize / bandwidth_gbs * 1e-6
 
 
 def copy_bandwidth_gbs():
