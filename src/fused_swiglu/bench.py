@@ -4,13 +4,15 @@ Liger-Kernel, forward and forward+backward, with saved and peak memory.
     python -m fused_swiglu.bench [--quick] [--out benchmarks/results]
 
 Every number comes from this one run on this one card; ratios are to the cuBLAS time of the
-packed GEMM ``x @ [w_gate | w_up]`` (three such GEMMs for forward+backward) measured here too.
+packed GEMM ``x @ [w_gate | w_up]`` (three such GEMMs for forward+backward) measured here too,
+with the packed weight in the same nn.Linear layout as the weights.
 """
 
 import argparse
 import csv
 import math
 import pathlib
+import statistics
 
 import torch
 import triton
@@ -60,15 +62,36 @@ def implementations(dtype):
     return impls
 
 
+# Every timing is taken in ROUNDS interleaved rounds over all implementations and the median
+# kept: the card's clocks drift with its power draw, and timing one implementation after
+# another would hand that drift to whichever ran last.
+ROUNDS = 3
+
+
 def _median_ms(fn):
-    return triton.testing.do_bench(fn, warmup=15, rep=60, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=10, rep=25, return_mode="median")
 
 
 def _graph_median_ms(fn):
     """Kernel time of fn replayed as a CUDA graph, as serving engines run decode steps: at a
     few tokens the host's launch overhead would otherwise be what is measured."""
     fn()  # compile and autotune outside the capture
-    return triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
+    return triton.testing.do_bench_cudagraph(fn, rep=25, return_mode="median")
+
+
+def _no_grad(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
+def _interleaved_medians(timer, fns):
+    samples = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            samples[name].append(timer(fn))
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def _memory(fn, x, w_gate, w_up, dy):
@@ -92,6 +115,9 @@ def _memory(fn, x, w_gate, w_up, dy):
     return sum(saved), torch.cuda.max_memory_allocated() - base
 
 
+BOUND = "cuBLAS packed GEMM (bound)"
+
+
 def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True):
     """Rows of results for one shape: the bound first, then every implementation."""
     device = "cuda"
@@ -99,34 +125,36 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     # nn.Linear layout, as models hold their weights: (d_ff, d_model) used transposed
     w_gate = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
     w_up = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
-    packed = torch.cat([w_gate, w_up], dim=1)
+    # the bound's packed weight in the same layout: one (2 d_ff, d_model) Linear, transposed
+    packed = torch.cat([w_gate.T, w_up.T]).T
     dy = torch.randn(m, d_ff, device=device, dtype=dtype)
     flops_fwd = 2 * m * d_model * 2 * d_ff
-    timer = _median_ms if with_backward else _graph_median_ms
-    bound_fwd = timer(lambda: x @ packed)
-    rows = [dict(impl="cuBLAS packed GEMM (bound)", fwd_ms=bound_fwd,
-                 fwd_bwd_ms=3 * bound_fwd if with_backward else math.nan)]
-    del packed
     x.requires_grad_(with_backward)
     w_gate.requires_grad_(with_backward)
     w_up.requires_grad_(with_backward)
-    for name, fn in impls.items():
-        with torch.no_grad():
-            fwd = timer(lambda: fn(x, w_gate, w_up))
-        row = dict(impl=name, fwd_ms=fwd, fwd_bwd_ms=math.nan, saved_mb=math.nan,
-                   peak_mb=math.nan)
-        if with_backward:
-            row["fwd_bwd_ms"] = _median_ms(
-                lambda: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy))
-            if with_memory:
-                saved, peak = _memory(fn, x, w_gate, w_up, dy)
-                row["saved_mb"], row["peak_mb"] = saved / 2**20, peak / 2**20
+    fwd = {BOUND: _no_grad(lambda: x @ packed)}
+    fwd.update({name: _no_grad(lambda fn=fn: fn(x, w_gate, w_up)) for name, fn in impls.items()})
+    fwd_ms = _interleaved_medians(_median_ms if with_backward else _graph_median_ms, fwd)
+    del packed
+    fwd_bwd_ms = {}
+    if with_backward:
+        fwd_bwd_ms = _interleaved_medians(_median_ms, {
+            name: lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy)
+            for name, fn in impls.items()})
+        fwd_bwd_ms[BOUND] = 3 * fwd_ms[BOUND]
+    rows = []
+    for name in fwd:
+        row = dict(impl=name, fwd_ms=fwd_ms[name], fwd_bwd_ms=fwd_bwd_ms.get(name, math.nan),
+                   saved_mb=math.nan, peak_mb=math.nan)
+        if with_backward and with_memory and name in impls:
+            saved, peak = _memory(impls[name], x, w_gate, w_up, dy)
+            row["saved_mb"], row["peak_mb"] = saved / 2**20, peak / 2**20
         rows.append(row)
     for row in rows:
         row.update(m=m, d_model=d_model, d_ff=d_ff, dtype=str(dtype).replace("torch.", ""))
         row["fwd_tflops"] = flops_fwd / row["fwd_ms"] * 1e-9
-        row["fwd_vs_bound"] = row["fwd_ms"] / bound_fwd
-        row["fwd_bwd_vs_bound"] = row["fwd_bwd_ms"] / (3 * bound_fwd)
+        row["fwd_vs_bound"] = row["fwd_ms"] / fwd_ms[BOUND]
+        row["fwd_bwd_vs_bound"] = row["fwd_bwd_ms"] / (3 * fwd_ms[BOUND])
     return rows
 
 

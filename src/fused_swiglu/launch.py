@@ -5,9 +5,10 @@ import functools
 import torch
 import triton
 
-from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD
+from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD, dual_gemm_kernel
 from .kernels.glu_backward import glu_backward_kernel
-from .tuning import interpreting, token_bucket, tuned_dual_gemm
+from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
+                     token_bucket, tuned_dual_gemm)
 
 try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -70,19 +71,29 @@ def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact,
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    tuned_dual_gemm()[grid](
-        a_arg, b_gate_arg, b_up_arg,
-        out_a, out_b, out_c, dy,
-        M, N, K, token_bucket(M),
-        a.stride(0), a.stride(1),
-        b_gate.stride(0), b_gate.stride(1),
-        b_up.stride(0), b_up.stride(1),
-        out_a.stride(0), out_a.stride(1),
-        out_b.stride(0), out_b.stride(1),
-        dy.stride(0), dy.stride(1),
-        EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
-        USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed,
-    )
+    args = (a_arg, b_gate_arg, b_up_arg, out_a, out_b, out_c, dy,
+            M, N, K, token_bucket(M),
+            a.stride(0), a.stride(1),
+            b_gate.stride(0), b_gate.stride(1),
+            b_up.stride(0), b_up.stride(1),
+            out_a.stride(0), out_a.stride(1),
+            out_b.stride(0), out_b.stride(1),
+            dy.stride(0), dy.stride(1))
+    flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
+                 USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed)
+    key = (token_bucket(M), N, K, a.dtype, *flags.values())
+    config = chosen_config(key, fast_accum)
+    if config is None:
+        # first call for this problem: the autotuner times the configurations and launches
+        tuner = tuned_dual_gemm()
+        tuner[grid](*args, **flags)
+        remember_config(key, tuner.best_config)
+        return
+    # later calls launch the chosen configuration directly: the autotuner's per-call key and
+    # argument handling cost host time that short kernels cannot hide
+    set_descriptor_blocks(dict(a=a_arg, b_gate=b_gate_arg, b_up=b_up_arg, **flags,
+                               **config.kwargs))
+    dual_gemm_kernel[grid](*args, **flags, **config.all_kwargs())
 
 
 def new_output(shape, like: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""Autotune configurations, built on first use (never at import, no device query at import)."""
+"""Autotune configurations, built on first use (never at import, no device query at import),
+and the choice of one configuration per problem, remembered so that later calls skip the
+autotuner's per-call work."""
 
 import functools
 import os
@@ -20,7 +22,8 @@ def token_bucket(m: int) -> int:
     return min(triton.next_power_of_2(max(m, 1)), 16384)
 
 
-def _set_descriptor_blocks(nargs):
+def set_descriptor_blocks(nargs):
+    """Give the tensor descriptors among the arguments the block shapes of the configuration."""
     if not nargs["USE_TMA"]:
         return
     bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
@@ -30,37 +33,43 @@ def _set_descriptor_blocks(nargs):
     nargs["b_up"].block_shape = b_block
 
 
-def _config(bm, bn, bk, stages, warps, group_m=8):
+def _config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
     return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
-        num_stages=stages, num_warps=warps, pre_hook=_set_descriptor_blocks)
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc},
+        num_stages=stages, num_warps=warps, pre_hook=set_descriptor_blocks)
+
+
+@functools.cache
+def _interpreter_config(fast_accum: bool):
+    # small tiles so that the CPU tests cover several tiles and ragged tails
+    return _config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum)
 
 
 def dual_gemm_configs():
-    if interpreting():
-        # small tiles so that the CPU tests cover several tiles and ragged tails
-        return [_config(32, 32, 32, 1, 4, group_m=2)]
-    return [
+    tiles = [
         # many tokens: the two accumulators make a 128 x 256 output tile per program
-        _config(128, 128, 64, 4, 8),
-        _config(128, 128, 64, 3, 8),
-        _config(128, 64, 64, 4, 4),
-        _config(64, 128, 64, 4, 4),
-        _config(64, 64, 64, 4, 4),
+        (128, 128, 64, 4, 8),
+        (128, 128, 64, 3, 8),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (64, 64, 64, 4, 4),
         # float16 accumulators take half the registers: twice the tile
-        _config(128, 256, 64, 2, 8),
-        _config(256, 128, 64, 3, 8),
+        (128, 256, 64, 2, 8),
+        (256, 128, 64, 3, 8),
         # few tokens (decode): reading the weights is the cost, so many narrow column
         # programs with deep K tiles keep enough bytes in flight
-        _config(16, 16, 256, 4, 4),
-        _config(16, 32, 256, 4, 4),
-        _config(16, 64, 128, 4, 4),
-        _config(16, 16, 512, 3, 4),
-        _config(32, 32, 256, 3, 4),
+        (16, 16, 256, 4, 4),
+        (16, 32, 256, 4, 4),
+        (16, 64, 128, 4, 4),
+        (16, 16, 512, 3, 4),
+        (32, 32, 256, 3, 4),
         # float32 operands run on FMA units (full precision), where small tiles win
-        _config(64, 64, 32, 2, 4),
-        _config(32, 64, 32, 2, 4),
+        (64, 64, 32, 2, 4),
+        (32, 64, 32, 2, 4),
     ]
+    # every tile with float32 accumulators, and again with float16 ones for fast_accum calls:
+    # the autotuner takes whichever runs faster on this GPU
+    return [_config(*tile, fp16_acc=fp16_acc) for fp16_acc in (False, True) for tile in tiles]
 
 
 # accumulator registers per thread above which a config spills
@@ -70,13 +79,15 @@ _ACCUMULATOR_REGISTER_LIMIT = 128
 def _prune(configs, nargs, **kwargs):
     args = {**nargs, **kwargs}  # positional arguments arrive in nargs, keywords in kwargs
     element_size = args["out_a"].element_size()
-    accumulator_size = 2 if args["FAST_ACCUM"] else 4
     small_m = args["M_BUCKET"] <= 64
     kept = []
     for cfg in configs:
-        bm, bn, bk = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+        bm, bn, bk, fp16_acc = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K",
+                                                         "FP16_ACC"))
+        if fp16_acc and not (args["FAST_ACCUM"] and element_size == 2):
+            continue
         shared = cfg.num_stages * (bm * bk + 2 * bk * bn) * element_size
-        registers = 2 * bm * bn * accumulator_size // 4 // (32 * cfg.num_warps)
+        registers = 2 * bm * bn * (2 if fp16_acc else 4) // 4 // (32 * cfg.num_warps)
         if shared > SHARED_MEMORY_LIMIT or registers > _ACCUMULATOR_REGISTER_LIMIT:
             continue
         if element_size == 4:
@@ -89,12 +100,25 @@ def _prune(configs, nargs, **kwargs):
 
 @functools.cache
 def tuned_dual_gemm():
-    configs = dual_gemm_configs()
-    if len(configs) == 1:
-        return triton.autotune(configs=configs, key=[])(dual_gemm_kernel)
     return triton.autotune(
-        configs=configs,
+        configs=dual_gemm_configs(),
         key=["M_BUCKET", "N", "K", "EPILOGUE", "STORE_PREACT", "FAST_ACCUM",
              "USE_TMA", "A_TRANSPOSED", "B_TRANSPOSED"],
         prune_configs_by={"early_config_prune": _prune},
     )(dual_gemm_kernel)
+
+
+# problem key -> the configuration the autotuner chose for it
+_chosen_configs = {}
+
+
+def chosen_config(key, fast_accum: bool):
+    """The configuration remembered for `key` (None until the autotuner has picked one); under
+    the interpreter always its single configuration."""
+    if interpreting():
+        return _interpreter_config(fast_accum)
+    return _chosen_configs.get(key)
+
+
+def remember_config(key, config) -> None:
+    _chosen_configs[key] = config

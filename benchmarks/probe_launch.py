@@ -1,0 +1,96 @@
+"""Where the host time of one call goes. GPU only: python benchmarks/probe_launch.py"""
+
+import cProfile
+import pstats
+import time
+
+import torch
+import triton
+
+from fused_swiglu import launch, ops, swiglu
+from fused_swiglu.tuning import tuned_dual_gemm
+
+
+def host_us(fn, n=200):
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    elapsed = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return elapsed
+
+
+def operands(m, d_model, d_ff, dtype=torch.bfloat16):
+    x = torch.randn(m, d_model, device="cuda", dtype=dtype)
+    w_gate = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
+    w_up = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
+    return x, w_gate, w_up
+
+
+def layers(m, d_model=2048, d_ff=5632):
+    x, w_gate, w_up = operands(m, d_model, d_ff)
+    print(f"\nhost us per call, M={m} d_model={d_model} d_ff={d_ff} "
+          f"(tensor descriptors: {launch._use_tma(x)})")
+    with torch.no_grad():
+        rows = [
+            ("swiglu() no grad", lambda: swiglu(x, w_gate, w_up)),
+            ("launch.swiglu_forward", lambda: launch.swiglu_forward(x, w_gate, w_up, False, False)),
+            ("torch.mm", lambda: torch.mm(x, w_gate)),
+            ("torch.empty", lambda: torch.empty((m, d_ff), device="cuda", dtype=x.dtype)),
+        ]
+        for name, fn in rows:
+            print(f"  {name:32s} {host_us(fn):7.1f}")
+    dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
+    _, preact = launch.swiglu_forward(x, w_gate, w_up, False, True)
+    needs = (True, True, True)
+    x.requires_grad_(True)
+    from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    rows = [
+        ("swiglu() forward, grad mode", lambda: swiglu(x, w_gate, w_up)),
+        ("gate-grads kernel", lambda: launch.swiglu_grad_from_preact(dy, preact)),
+        ("dx, dW (cuBLAS)", lambda: ops._input_and_weight_grads(preact, x, w_gate, w_up, needs)),
+        ("swiglu() fwd+bwd",
+         lambda: torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)),
+        ("liger fwd+bwd", lambda: torch.autograd.grad(
+            LigerSiLUMulFunction.apply(x @ w_gate, x @ w_up), (x, w_gate, w_up), dy)),
+    ]
+    w_gate.requires_grad_(True)
+    w_up.requires_grad_(True)
+    for name, fn in rows:
+        print(f"  {name:32s} {host_us(fn):7.1f}")
+    tuner = tuned_dual_gemm()
+    for key, cfg in tuner.cache.items():
+        print("  tuned:", key[:3], cfg)
+
+
+def profile(m, d_model=2048, d_ff=5632):
+    x, w_gate, w_up = operands(m, d_model, d_ff)
+    with torch.no_grad():
+        swiglu(x, w_gate, w_up)
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(200):
+            swiglu(x, w_gate, w_up)
+        prof.disable()
+    torch.cuda.synchronize()
+    print(f"\ncProfile, 200 forward calls, M={m}")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+
+
+def memory_and_time():
+    from fused_swiglu import bench as b
+    impls = {k: v for k, v in b.implementations(torch.bfloat16).items()
+             if k in ("liger", "fused_swiglu", "fused_swiglu recompute")}
+    for m, d_model, d_ff in ((8192, 4096, 11008), (4096, 2048, 5632), (512, 4096, 11008)):
+        b._print_rows(b.bench_shape(m, d_model, d_ff, torch.bfloat16, impls))
+
+
+if __name__ == "__main__":
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    layers(4096)
+    layers(512)
+    profile(4096)
+    memory_and_time()
