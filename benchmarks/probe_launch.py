@@ -1,7 +1,5 @@
 """Where the host time of one call goes. GPU only: python benchmarks/probe_launch.py"""
 
-import cProfile
-import pstats
 import time
 
 import torch
@@ -65,19 +63,36 @@ def layers(m, d_model=2048, d_ff=5632):
         print("  tuned:", key[:3], cfg)
 
 
-def profile(m, d_model=2048, d_ff=5632):
+class _Nothing(torch.autograd.Function):
+    """The autograd engine's own cost of one Python node, for comparison."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy
+
+
+def profile(m, d_model=4096, d_ff=11008):
     x, w_gate, w_up = operands(m, d_model, d_ff)
-    with torch.no_grad():
-        swiglu(x, w_gate, w_up)
-        torch.cuda.synchronize()
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(200):
-            swiglu(x, w_gate, w_up)
-        prof.disable()
+    for t in (x, w_gate, w_up):
+        t.requires_grad_(True)
+    dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
+    print(f"\nengine round trip of an empty Python node: "
+          f"{host_us(lambda: torch.autograd.grad(_Nothing.apply(x), (x,), x)):.1f} us")
+
+    def step():
+        torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)
+    step()
     torch.cuda.synchronize()
-    print(f"\ncProfile, 200 forward calls, M={m}")
-    pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(50):
+            step()
+        torch.cuda.synchronize()
+    print(f"torch.profiler, 50 forward+backward calls, M={m}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 def memory_and_time():
@@ -92,5 +107,5 @@ if __name__ == "__main__":
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     layers(4096)
     layers(512)
-    profile(4096)
+    profile(512)
     memory_and_time()

@@ -7,8 +7,8 @@ import triton
 
 from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD, dual_gemm_kernel
 from .kernels.glu_backward import glu_backward_kernel
-from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
-                     token_bucket, tuned_dual_gemm)
+from .tuning import (INTERPRETER_PROGRAMS, chosen_config, interpreting, remember_config,
+                     set_descriptor_blocks, token_bucket, tuned_dual_gemm)
 
 try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -25,6 +25,14 @@ TMA_MIN_TOKENS = 1024
 @functools.cache
 def _compute_capability(device: torch.device):
     return torch.cuda.get_device_capability(device)
+
+
+@functools.cache
+def _programs(device: torch.device) -> int:
+    """Programs of a persistent grid: one per multiprocessor."""
+    if interpreting():
+        return INTERPRETER_PROGRAMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _storage_for_tma(t: torch.Tensor):
@@ -54,8 +62,10 @@ def _descriptor(storage: torch.Tensor):
     return TensorDescriptor.from_tensor(storage, [16, 16])
 
 
-def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact, fast_accum):
-    """out_* = epilogue(a @ b_gate, a @ b_up), by tiles, on 2-D operands of any strides."""
+def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact, fast_accum,
+               config=None):
+    """out_* = epilogue(a @ b_gate, a @ b_up), by tiles, on 2-D operands of any strides; with
+    the autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
     M, K = a.shape
     N = b_gate.shape[1]
     a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
@@ -69,7 +79,8 @@ def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact,
             b_up_arg = _descriptor(u_storage[0])
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+        return (min(tiles, _programs(a.device)) if meta["PERSISTENT"] else tiles,)
 
     args = (a_arg, b_gate_arg, b_up_arg, out_a, out_b, out_c, dy,
             M, N, K, token_bucket(M),
@@ -82,7 +93,7 @@ def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact,
     flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
                  USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed)
     key = (token_bucket(M), N, K, a.dtype, *flags.values())
-    config = chosen_config(key, fast_accum)
+    config = config or chosen_config(key, fast_accum)
     if config is None:
         # first call for this problem: the autotuner times the configurations and launches
         tuner = tuned_dual_gemm()

@@ -11,6 +11,8 @@ from .kernels.dual_gemm import dual_gemm_kernel
 
 # Hopper gives one block up to 227 KiB of shared memory; keep a margin for the epilogue.
 SHARED_MEMORY_LIMIT = 200 * 1024
+# programs of a persistent grid under the interpreter: a few, so that each walks several tiles
+INTERPRETER_PROGRAMS = 3
 
 
 def interpreting() -> bool:
@@ -33,16 +35,19 @@ def set_descriptor_blocks(nargs):
     nargs["b_up"].block_shape = b_block
 
 
-def _config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
+def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False, persistent=False,
+                warp_specialize=False):
     return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc},
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc,
+         "PERSISTENT": persistent, "WARP_SPECIALIZE": warp_specialize},
         num_stages=stages, num_warps=warps, pre_hook=set_descriptor_blocks)
 
 
 @functools.cache
 def _interpreter_config(fast_accum: bool):
-    # small tiles so that the CPU tests cover several tiles and ragged tails
-    return _config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum)
+    # small tiles so that the CPU tests cover several tiles and ragged tails, persistent so
+    # that they cover programs walking several tiles
+    return make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum, persistent=True)
 
 
 def dual_gemm_configs():
@@ -69,7 +74,7 @@ def dual_gemm_configs():
     ]
     # every tile with float32 accumulators, and again with float16 ones for fast_accum calls:
     # the autotuner takes whichever runs faster on this GPU
-    return [_config(*tile, fp16_acc=fp16_acc) for fp16_acc in (False, True) for tile in tiles]
+    return [make_config(*tile, fp16_acc=fp16_acc) for fp16_acc in (False, True) for tile in tiles]
 
 
 # accumulator registers per thread above which a config spills

@@ -1,0 +1,70 @@
+"""Forward dual-GEMM configurations timed against the cuBLAS packed GEMM, interleaved, on the
+benchmark's large shapes. GPU only: python benchmarks/sweep_forward.py"""
+
+import statistics
+
+import torch
+import triton
+
+from fused_swiglu import launch
+from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
+from fused_swiglu.tuning import make_config
+
+SHAPES = [(8192, 4096, 11008), (8192, 4096, 14336), (4096, 8192, 28672), (8192, 2048, 5632)]
+CONFIGS = {
+    "128x128x64 s4 g8": make_config(128, 128, 64, 4, 8),
+    "persistent s4 g8": make_config(128, 128, 64, 4, 8, persistent=True),
+    "persistent s3 g8": make_config(128, 128, 64, 3, 8, persistent=True),
+    "persistent s4 g16": make_config(128, 128, 64, 4, 8, group_m=16, persistent=True),
+    "128x128x64 s4 g4": make_config(128, 128, 64, 4, 8, group_m=4),
+    "128x128x64 s4 g16": make_config(128, 128, 64, 4, 8, group_m=16),
+    "128x128x128 s2 g8": make_config(128, 128, 128, 2, 8),
+    "64x256x64 s3 g8": make_config(64, 256, 64, 3, 8),
+    "persistent ws s3": make_config(128, 128, 64, 3, 8, persistent=True, warp_specialize=True),
+}
+ROUNDS = 3
+
+
+def main():
+    print(torch.cuda.get_device_name(), "triton", triton.__version__)
+    for m, d_model, d_ff in SHAPES:
+        dtype = torch.bfloat16
+        x = torch.randn(m, d_model, device="cuda", dtype=dtype)
+        w_gate = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
+        w_up = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
+        packed = torch.cat([w_gate.T, w_up.T]).T
+        y = torch.empty(m, d_ff, device="cuda", dtype=dtype)
+        preact = torch.empty(m, 2 * d_ff, device="cuda", dtype=dtype)
+        ref = torch.nn.functional.silu((x @ w_gate).float()) * (x @ w_up).float()
+        fns = {"cuBLAS packed": lambda: x @ packed}
+        for name, cfg in CONFIGS.items():
+            def run(cfg=cfg, store=False):
+                launch._dual_gemm(x, w_gate, w_up, y, preact[:, :d_ff] if store else y,
+                                  preact[:, d_ff:] if store else y, y, SWIGLU_FORWARD, store,
+                                  False, config=cfg)
+            try:
+                y.fill_(float("nan"))
+                run()
+                err = ((y.float() - ref).norm() / ref.norm()).item()
+                assert err < 1e-2, err
+            except Exception as e:  # a configuration this Triton cannot build
+                print(f"  {name}: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            fns[name] = run
+            if name in ("128x128x64 s4 g8", "persistent s4 g8"):
+                fns[name + " +g,u"] = lambda run=run: run(store=True)
+        samples = {k: [] for k in fns}
+        for _ in range(ROUNDS):
+            for k, fn in fns.items():
+                samples[k].append(triton.testing.do_bench(fn, warmup=10, rep=40,
+                                                          return_mode="median"))
+        ms = {k: statistics.median(v) for k, v in samples.items()}
+        bound = ms["cuBLAS packed"]
+        print(f"\nM={m} d_model={d_model} d_ff={d_ff}: cuBLAS {bound:.3f} ms")
+        for k, v in sorted(ms.items(), key=lambda kv: kv[1]):
+            print(f"  {k:28s} {v:7.3f} ms  {v / bound:6.3f}x  "
+                  f"{4 * m * d_model * d_ff / v * 1e-9:5.0f} TFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
