@@ -7,8 +7,8 @@ import triton
 
 from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD, dual_gemm_kernel
 from .kernels.glu_backward import glu_backward_kernel
-from .tuning import (INTERPRETER_PROGRAMS, chosen_config, interpreting, remember_config,
-                     set_descriptor_blocks, token_bucket, tuned_dual_gemm)
+from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
+                     token_bucket, tuned_dual_gemm)
 
 try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -25,14 +25,6 @@ TMA_MIN_TOKENS = 1024
 @functools.cache
 def _compute_capability(device: torch.device):
     return torch.cuda.get_device_capability(device)
-
-
-@functools.cache
-def _programs(device: torch.device) -> int:
-    """Programs of a persistent grid: one per multiprocessor."""
-    if interpreting():
-        return INTERPRETER_PROGRAMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _storage_for_tma(t: torch.Tensor):
@@ -79,8 +71,7 @@ def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact,
             b_up_arg = _descriptor(u_storage[0])
 
     def grid(meta):
-        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
-        return (min(tiles, _programs(a.device)) if meta["PERSISTENT"] else tiles,)
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     args = (a_arg, b_gate_arg, b_up_arg, out_a, out_b, out_c, dy,
             M, N, K, token_bucket(M),
@@ -132,10 +123,13 @@ def swiglu_grad_from_preact(dy, preact, out=None):
     be `preact` itself: each element is read before it is overwritten, by the same program)."""
     M, N = dy.shape
     grads = new_output(preact.shape, preact) if out is None else out
+    if grads.stride() != preact.stride():
+        raise ValueError(f"[dg | du] strides {grads.stride()} must match [g | u]'s "
+                         f"{preact.stride()}")
     block_m, block_n = 4, min(512, triton.next_power_of_2(N))
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     glu_backward_kernel[grid](
-        dy, preact[:, :N], preact[:, N:], grads[:, :N], grads[:, N:],
+        dy, preact, grads,
         M, N,
         dy.stride(0), dy.stride(1), preact.stride(0), preact.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,

@@ -11,8 +11,6 @@ from .kernels.dual_gemm import dual_gemm_kernel
 
 # Hopper gives one block up to 227 KiB of shared memory; keep a margin for the epilogue.
 SHARED_MEMORY_LIMIT = 200 * 1024
-# programs of a persistent grid under the interpreter: a few, so that each walks several tiles
-INTERPRETER_PROGRAMS = 3
 
 
 def interpreting() -> bool:
@@ -35,19 +33,16 @@ def set_descriptor_blocks(nargs):
     nargs["b_up"].block_shape = b_block
 
 
-def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False, persistent=False,
-                warp_specialize=False):
+def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
     return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc,
-         "PERSISTENT": persistent, "WARP_SPECIALIZE": warp_specialize},
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc},
         num_stages=stages, num_warps=warps, pre_hook=set_descriptor_blocks)
 
 
 @functools.cache
 def _interpreter_config(fast_accum: bool):
-    # small tiles so that the CPU tests cover several tiles and ragged tails, persistent so
-    # that they cover programs walking several tiles
-    return make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum, persistent=True)
+    # small tiles so that the CPU tests cover several tiles and ragged tails
+    return make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum)
 
 
 def dual_gemm_configs():

@@ -31,53 +31,47 @@ def dual_gemm_kernel(
     EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
     USE_TMA: tl.constexpr, A_TRANSPOSED: tl.constexpr, B_TRANSPOSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FP16_ACC: tl.constexpr, PERSISTENT: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    FP16_ACC: tl.constexpr,
 ):
-    # One tile per program, or, PERSISTENT, one program per multiprocessor walking the tiles:
-    # the compiler then flattens the loop nest, so that the next tile's loads overlap this
-    # tile's epilogue.
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+
     ACC_DTYPE: tl.constexpr = tl.float16 if FP16_ACC else tl.float32
-    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=PERSISTENT,
-                         warp_specialize=WARP_SPECIALIZE):
-        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        off_k = k * BLOCK_K
+        a_tile = load_tile(a, off_m, off_k, M, K, stride_am, stride_ak,
+                           BLOCK_M, BLOCK_K, USE_TMA, A_TRANSPOSED)
+        g_tile = load_tile(b_gate, off_k, off_n, K, N, stride_gk, stride_gn,
+                           BLOCK_K, BLOCK_N, USE_TMA, B_TRANSPOSED)
+        u_tile = load_tile(b_up, off_k, off_n, K, N, stride_uk, stride_un,
+                           BLOCK_K, BLOCK_N, USE_TMA, B_TRANSPOSED)
+        acc_g = mma(a_tile, g_tile, acc_g, ACC_DTYPE)
+        acc_u = mma(a_tile, u_tile, acc_u, ACC_DTYPE)
 
-        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
-            off_k = k * BLOCK_K
-            a_tile = load_tile(a, off_m, off_k, M, K, stride_am, stride_ak,
-                               BLOCK_M, BLOCK_K, USE_TMA, A_TRANSPOSED)
-            g_tile = load_tile(b_gate, off_k, off_n, K, N, stride_gk, stride_gn,
-                               BLOCK_K, BLOCK_N, USE_TMA, B_TRANSPOSED)
-            u_tile = load_tile(b_up, off_k, off_n, K, N, stride_uk, stride_un,
-                               BLOCK_K, BLOCK_N, USE_TMA, B_TRANSPOSED)
-            acc_g = mma(a_tile, g_tile, acc_g, ACC_DTYPE)
-            acc_u = mma(a_tile, u_tile, acc_u, ACC_DTYPE)
-
-        # int64 offsets: M * N can pass 2**31 elements
-        rows = off_m.to(tl.int64) + tl.arange(0, BLOCK_M)
-        cols = off_n.to(tl.int64) + tl.arange(0, BLOCK_N)
-        mask = (rows[:, None] < M) & (cols[None, :] < N)
-        a_offsets = rows[:, None] * stride_am_out + cols[None, :] * stride_an_out
-        b_offsets = rows[:, None] * stride_bm_out + cols[None, :] * stride_bn_out
-        gate = acc_g.to(tl.float32)
-        up = acc_u.to(tl.float32)
-        if EPILOGUE == 0:
-            y = silu(gate) * up
-            tl.store(out_a + a_offsets, y.to(out_a.dtype.element_ty), mask=mask)
-            if STORE_PREACT:
-                tl.store(out_b + b_offsets, acc_g.to(out_b.dtype.element_ty), mask=mask)
-                tl.store(out_c + b_offsets, acc_u.to(out_c.dtype.element_ty), mask=mask)
-        else:
-            # the backward sees g and u rounded to the storage dtype, as a stored forward would
-            gate = gate.to(out_a.dtype.element_ty).to(tl.float32)
-            up = up.to(out_a.dtype.element_ty).to(tl.float32)
-            dy_tile = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
-                              mask=mask, other=0.0).to(tl.float32)
-            d_gate = dy_tile * up * silu_grad(gate)
-            d_up = dy_tile * silu(gate)
-            tl.store(out_a + a_offsets, d_gate.to(out_a.dtype.element_ty), mask=mask)
-            tl.store(out_b + b_offsets, d_up.to(out_b.dtype.element_ty), mask=mask)
+    # int64 offsets: M * N can pass 2**31 elements
+    rows = off_m.to(tl.int64) + tl.arange(0, BLOCK_M)
+    cols = off_n.to(tl.int64) + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    a_offsets = rows[:, None] * stride_am_out + cols[None, :] * stride_an_out
+    b_offsets = rows[:, None] * stride_bm_out + cols[None, :] * stride_bn_out
+    gate = acc_g.to(tl.float32)
+    up = acc_u.to(tl.float32)
+    if EPILOGUE == 0:
+        y = silu(gate) * up
+        tl.store(out_a + a_offsets, y.to(out_a.dtype.element_ty), mask=mask)
+        if STORE_PREACT:
+            tl.store(out_b + b_offsets, acc_g.to(out_b.dtype.element_ty), mask=mask)
+            tl.store(out_c + b_offsets, acc_u.to(out_c.dtype.element_ty), mask=mask)
+    else:
+        # the backward sees g and u rounded to the storage dtype, as a stored forward would
+        gate = gate.to(out_a.dtype.element_ty).to(tl.float32)
+        up = up.to(out_a.dtype.element_ty).to(tl.float32)
+        dy_tile = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
+                          mask=mask, other=0.0).to(tl.float32)
+        d_gate = dy_tile * up * silu_grad(gate)
+        d_up = dy_tile * silu(gate)
+        tl.store(out_a + a_offsets, d_gate.to(out_a.dtype.element_ty), mask=mask)
+        tl.store(out_b + b_offsets, d_up.to(out_b.dtype.element_ty), mask=mask)

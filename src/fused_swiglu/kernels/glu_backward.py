@@ -8,11 +8,11 @@ from .common import silu, silu_grad
 
 @triton.jit
 def glu_backward_kernel(
-    # pointers
-    dy, gate, up, d_gate, d_up,
-    # sizes
+    # pointers: preact holds [g | u], grads receives [dg | du] (it may be preact itself)
+    dy, preact, grads,
+    # sizes: dy is M x N, preact and grads M x 2N
     M, N,
-    # strides (gate, up, d_gate and d_up share theirs)
+    # strides (preact and grads share theirs)
     stride_dym, stride_dyn, stride_m, stride_n,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -21,9 +21,11 @@ def glu_backward_kernel(
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     offsets = rows[:, None] * stride_m + cols[None, :] * stride_n
+    up_offsets = offsets + N * stride_n
     grad = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
                    mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(gate + offsets, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(up + offsets, mask=mask, other=0.0).to(tl.float32)
-    tl.store(d_gate + offsets, (grad * u * silu_grad(g)).to(d_gate.dtype.element_ty), mask=mask)
-    tl.store(d_up + offsets, (grad * silu(g)).to(d_up.dtype.element_ty), mask=mask)
+    g = tl.load(preact + offsets, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(preact + up_offsets, mask=mask, other=0.0).to(tl.float32)
+    out_dtype = grads.dtype.element_ty
+    tl.store(grads + offsets, (grad * u * silu_grad(g)).to(out_dtype), mask=mask)
+    tl.store(grads + up_offsets, (grad * silu(g)).to(out_dtype), mask=mask)
