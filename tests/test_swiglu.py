@@ -171,8 +171,9 @@ def test_saved_for_backward(recompute):
 
 @pytest.mark.parametrize("recompute", [False, True])
 def test_backward_allocates_no_tokens_by_2_d_ff_buffer(recompute):
-    # sizes chosen so that a (tokens, 2 d_ff) buffer matches no other tensor's size
-    m, d_model, d_ff = 37, 48, 80
+    # sizes chosen so that a (tokens, 2 d_ff) buffer matches no other tensor's size, all in
+    # multiples of 512 bytes, to which the CUDA caching allocator rounds its allocations
+    m, d_model, d_ff = 40, 48, 80
     x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
                                                               torch.float32))
     out = swiglu(x, w_gate, w_up, recompute=recompute)
