@@ -14,15 +14,14 @@ from fused_swiglu.tuning import make_config
 SHAPES = [(8192, 4096, 11008), (8192, 4096, 14336), (4096, 8192, 28672), (8192, 2048, 5632)]
 CONFIGS = {
     "128x128x64 s4 g8": make_config(128, 128, 64, 4, 8),
+    "128x128x64 s4 g4": make_config(128, 128, 64, 4, 8, group_m=4),
     "128x128x64 s4 g16": make_config(128, 128, 64, 4, 8, group_m=16),
-    "ws 128x128x64 s4 g8": make_config(128, 128, 64, 4, 8, warp_specialize=True),
-    "ws 128x128x64 s3 g8": make_config(128, 128, 64, 3, 8, warp_specialize=True),
-    "ws 128x128x64 s4 g16": make_config(128, 128, 64, 4, 8, group_m=16, warp_specialize=True),
-    "ws 128x128x64 s4 w4": make_config(128, 128, 64, 4, 4, warp_specialize=True),
+    "128x128x64 s3 g8": make_config(128, 128, 64, 3, 8),
+    "64x256x64 s3 g8": make_config(64, 256, 64, 3, 8),
     # the first one again: how far two timings of one kernel fall apart
     "128x128x64 s4 g8 again": make_config(128, 128, 64, 4, 8),
 }
-WITH_PREACT = ("128x128x64 s4 g8", "ws 128x128x64 s4 g8")
+WITH_PREACT = ("128x128x64 s4 g8", "128x128x64 s4 g4", "128x128x64 s4 g16")
 ROUNDS = 3
 
 

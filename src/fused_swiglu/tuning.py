@@ -33,10 +33,9 @@ def set_descriptor_blocks(nargs):
     nargs["b_up"].block_shape = b_block
 
 
-def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False, warp_specialize=False):
+def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
     return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc,
-         "WARP_SPECIALIZE": warp_specialize},
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc},
         num_stages=stages, num_warps=warps, pre_hook=set_descriptor_blocks)
 
 

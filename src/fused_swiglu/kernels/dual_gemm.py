@@ -31,7 +31,7 @@ def dual_gemm_kernel(
     EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
     USE_TMA: tl.constexpr, A_TRANSPOSED: tl.constexpr, B_TRANSPOSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FP16_ACC: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    FP16_ACC: tl.constexpr,
 ):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
@@ -40,8 +40,7 @@ def dual_gemm_kernel(
     ACC_DTYPE: tl.constexpr = tl.float16 if FP16_ACC else tl.float32
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    # WARP_SPECIALIZE: producer warps issue the loads, the others only the matrix products
-    for k in tl.range(0, tl.cdiv(K, BLOCK_K), warp_specialize=WARP_SPECIALIZE):
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
         off_k = k * BLOCK_K
         a_tile = load_tile(a, off_m, off_k, M, K, stride_am, stride_ak,
                            BLOCK_M, BLOCK_K, USE_TMA, A_TRANSPOSED)
