@@ -46,7 +46,7 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or w_gate.requires_grad or w_up.requires_grad)
     y = ops.swiglu_2d(x.reshape(-1, d_model), w_gate, w_up, fast_accum,
-                      needs_grad and not recompute)
+                      needs_grad and not recompute, needs_grad)
     return y.reshape(*x.shape[:-1], d_ff)
 
 

@@ -150,8 +150,11 @@ class _EagerSwiGLU(torch.autograd.Function):
 
 
 def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
-              store_preact: bool) -> Tensor:
+              store_preact: bool, needs_grad: bool = True) -> Tensor:
     """SwiGLU of 2-D x with autograd; keeps [g | u] for the backward when store_preact."""
     if torch.compiler.is_compiling() or not _runs_triton(x, w_gate):
         return swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)[0]
+    if not needs_grad:
+        # nothing to differentiate: no autograd node, and none of its host time
+        return launch.swiglu_forward(x, w_gate, w_up, fast_accum, False)[0]
     return _EagerSwiGLU.apply(x, w_gate, w_up, fast_accum, store_preact)[0]

@@ -19,7 +19,8 @@ def interpreting() -> bool:
 
 def token_bucket(m: int) -> int:
     """Tuning key for the token count: training and serving see many M, tuned once per bucket."""
-    return min(triton.next_power_of_2(max(m, 1)), 16384)
+    # plain integer arithmetic: triton.next_power_of_2 costs microseconds of host time per call
+    return min(1 << (max(m, 1) - 1).bit_length(), 16384)
 
 
 def set_descriptor_blocks(nargs):
@@ -42,7 +43,8 @@ def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
 @functools.cache
 def _interpreter_config(fast_accum: bool):
     # small tiles so that the CPU tests cover several tiles and ragged tails
-    return make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum)
+    config = make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum)
+    return config, config.all_kwargs()
 
 
 def dual_gemm_configs():
@@ -63,6 +65,8 @@ def dual_gemm_configs():
         (16, 64, 128, 4, 4),
         (16, 16, 512, 3, 4),
         (32, 32, 256, 3, 4),
+        (32, 64, 128, 4, 4),
+        (32, 16, 256, 4, 4),
         # float32 operands run on FMA units (full precision), where small tiles win
         (64, 64, 32, 2, 4),
         (32, 64, 32, 2, 4),
@@ -108,17 +112,17 @@ def tuned_dual_gemm():
     )(dual_gemm_kernel)
 
 
-# problem key -> the configuration the autotuner chose for it
+# problem key -> the configuration the autotuner chose for it, with its launch arguments
 _chosen_configs = {}
 
 
 def chosen_config(key, fast_accum: bool):
-    """The configuration remembered for `key` (None until the autotuner has picked one); under
-    the interpreter always its single configuration."""
+    """(configuration, its launch keyword arguments) remembered for `key`, None until the
+    autotuner has picked one; under the interpreter always its single configuration."""
     if interpreting():
         return _interpreter_config(fast_accum)
     return _chosen_configs.get(key)
 
 
 def remember_config(key, config) -> None:
-    _chosen_configs[key] = config
+    _chosen_configs[key] = config, config.all_kwargs()
