@@ -2,7 +2,9 @@
 performance targets as measured; redraw the plots. Every row holds ratios to baselines timed in
 its own run, so CSVs of several runs on one card can be read together.
 
-    python benchmarks/summarize.py benchmarks/results/NVIDIA_H200/*.csv
+    python benchmarks/summarize.py [--markdown] benchmarks/results/NVIDIA_H200/*.csv
+
+With --markdown it also prints the README's tables.
 """
 
 import csv
@@ -68,7 +70,54 @@ def main(paths):
                   f"default: worst {max(recompute):.3f}")
     folder = pathlib.Path(paths[0]).parent
     write_plots(rows, folder, folder.name.replace("_", " "))
+    return rows, by_key, shapes
+
+
+TRAIN_COLUMNS = ("cuBLAS packed GEMM (bound)", "eager", "torch.compile", "liger", OURS,
+                 OURS + " fast_accum", OURS + " recompute")
+
+
+def markdown_tables(by_key, shapes):
+    """The README's tables: ms for M >= 512 (forward / forward+backward, peak MB), µs and the
+    ratio to the weight-read time for decode."""
+    for dtype in sorted({s[0] for s in shapes}):
+        present = [c for c in TRAIN_COLUMNS if any((*s, c) in by_key for s in shapes
+                                                   if s[0] == dtype)]
+        names = [c.replace(" (bound)", " bound").replace("fused_swiglu ", "") for c in present]
+        train = [s for s in shapes if s[0] == dtype and s[1] >= 512]
+        train.sort(key=lambda s: (s[2], s[3], s[1]))
+        print(f"\n**{dtype}**, forward / forward+backward in ms, and peak MB of forward+backward "
+              f"(M tokens x d_model x d_ff):\n")
+        print("| shape | " + " | ".join(names) + " |")
+        print("|---" * (len(names) + 1) + "|")
+        for s in train:
+            cells = []
+            for c in present:
+                r = by_key.get((*s, c))
+                if r is None:
+                    cells.append("–")
+                    continue
+                cell = f"{r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f}"
+                if not math.isnan(r["peak_mb"]):
+                    cell += f" ({r['peak_mb']:.0f} MB)"
+                cells.append(cell)
+            print(f"| {s[1]}x{s[2]}x{s[3]} | " + " | ".join(cells) + " |")
+        decode = [s for s in shapes if s[0] == dtype and s[1] < 512]
+        decode.sort(key=lambda s: (s[2], s[3], s[1]))
+        present = [c for c in present if c != OURS + " recompute"]
+        print(f"\n**{dtype} decode**, forward in µs as CUDA-graph replays (in brackets: the ratio "
+              f"to reading both weights once at the measured copy bandwidth):\n")
+        print("| shape | " + " | ".join(names[:len(present)]) + " |")
+        print("|---" * (len(present) + 1) + "|")
+        for s in decode:
+            cells = [f"{by_key[(*s, c)]['fwd_ms'] * 1e3:.1f} "
+                     f"({by_key[(*s, c)]['vs_weight_read']:.2f})" if (*s, c) in by_key else "–"
+                     for c in present]
+            print(f"| {s[1]}x{s[2]}x{s[3]} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    markdown = "--markdown" in sys.argv
+    _, by_key, shapes = main([a for a in sys.argv[1:] if a != "--markdown"])
+    if markdown:
+        markdown_tables(by_key, shapes)
