@@ -20,9 +20,10 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
     Args:
         x: ``(..., d_model)``; any number of leading dimensions, zero tokens included.
         w_gate, w_up: ``(d_model, d_ff)`` with any strides, e.g. ``linear.weight.T``.
-        fast_accum: float16 only: the projections accumulate in float16 (faster on GPUs whose
-            float16-accumulating tensor cores are faster, less precise). Gradients still
-            accumulate in float32.
+        fast_accum: float16 only: allow the projections to accumulate in float16. The
+            autotuner uses float16 accumulators for a shape where they run faster on this GPU
+            and float32 ones otherwise; precision is at worst float16 accumulation. Gradients
+            always accumulate in float32.
         recompute: the backward recomputes both projections instead of keeping
             ``x @ w_gate`` and ``x @ w_up``: autograd holds nothing of size tokens x d_ff.
 
@@ -60,8 +61,9 @@ class FusedSwiGLU:
 
 
 class FastAccumFusedSwiGLU:
-    """Drop-in for the original ``FastAccumFusedSwiGLU``: float16 inputs, projections
-    accumulated in float16. ``FastAccumFusedSwiGLU.apply(x, w_gate, w_up)``."""
+    """Drop-in for the original ``FastAccumFusedSwiGLU``: float16 inputs, projections allowed
+    to accumulate in float16 (``fast_accum=True``). ``FastAccumFusedSwiGLU.apply(x, w_gate,
+    w_up)``."""
 
     @staticmethod
     def apply(x: Tensor, w_gate: Tensor, w_up: Tensor) -> Tensor:
