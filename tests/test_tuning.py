@@ -1,0 +1,52 @@
+"""The autotuner's search space: which configurations a problem may use. Plain Python, so it runs
+the same on the CPU as on a GPU."""
+
+import pytest
+import torch
+
+from fused_swiglu.tuning import SHARED_MEMORY_LIMIT, _prune, dual_gemm_configs, token_bucket
+
+
+def kept(dtype, m_bucket, fast_accum):
+    out = torch.empty(1, 1, dtype=dtype)
+    return _prune(dual_gemm_configs(), {"out_a": out, "M_BUCKET": m_bucket},
+                  FAST_ACCUM=fast_accum)
+
+
+@pytest.mark.parametrize("m, bucket", [(1, 1), (2, 2), (3, 4), (512, 512), (513, 1024),
+                                       (10**6, 16384)])
+def test_token_bucket(m, bucket):
+    assert token_bucket(m) == bucket
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m_bucket", [8, 8192])
+def test_float32_accumulators_by_default(dtype, m_bucket):
+    configs = kept(dtype, m_bucket, fast_accum=False)
+    assert configs and not any(c.kwargs["FP16_ACC"] for c in configs)
+
+
+@pytest.mark.parametrize("m_bucket", [8, 8192])
+def test_fast_accum_times_both_accumulators(m_bucket):
+    # float16 inputs only (swiglu rejects fast_accum for others): both kinds stay in the
+    # search, so the autotuner keeps float32 accumulators where they are faster
+    kinds = {c.kwargs["FP16_ACC"] for c in kept(torch.float16, m_bucket, fast_accum=True)}
+    assert kinds == {False, True}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m_bucket", [1, 32, 64, 128, 16384])
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_kept_configurations_fit(dtype, m_bucket, fast_accum):
+    configs = kept(dtype, m_bucket, fast_accum)
+    assert configs
+    size = torch.empty((), dtype=dtype).element_size()
+    for c in configs:
+        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        assert c.num_stages * (bm * bk + 2 * bk * bn) * size <= SHARED_MEMORY_LIMIT
+        if dtype == torch.float32:
+            # full-precision products run on FMA units: small K tiles only
+            assert bk == 32
+        else:
+            # decode buckets take decode tiles, training buckets training tiles
+            assert (bm <= 32) == (m_bucket <= 64)
