@@ -233,7 +233,9 @@ def write_plots(rows, folder: pathlib.Path, card: str):
 
 
 def _plot(plt, rows, column, title, path):
-    shapes = list(dict.fromkeys((r["m"], r["d_model"], r["d_ff"]) for r in rows))
+    # grouped by model shape, tokens ascending
+    shapes = sorted(dict.fromkeys((r["m"], r["d_model"], r["d_ff"]) for r in rows),
+                    key=lambda s: (s[1], s[2], s[0]))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(8, len(shapes) * 0.8), 4.5))
     width = 0.8 / len(impls)
@@ -251,7 +253,8 @@ def _plot(plt, rows, column, title, path):
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_ylabel("speed relative to the cuBLAS GEMM bound")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=3)
+    # below the axes, where it covers no bar
+    ax.legend(fontsize=7, ncol=len(impls), loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
