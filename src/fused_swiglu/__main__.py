@@ -33,7 +33,7 @@ def self_check(device: str, m: int, d_model: int, d_ff: int) -> bool:
                   for a, b in zip((out, *grads), (ref, *ref_grads))]
         passed = all(e <= tol for e in errors)  # NaN fails too
         ok &= passed
-        print(f"  {str(dtype):15s} max relative error {max(errors):.2e} (bound {tol:.0e}) "
+        print(f"  {str(dtype):15s} max relative error {max(errors):.2e} (bound {tol:.2g}) "
               f"{'ok' if passed else 'FAILED'}")
     return ok
 
