@@ -6,6 +6,7 @@ import torch
 import triton
 
 from fused_swiglu import launch, ops, swiglu
+from fused_swiglu.bench import linear_layout_operands
 from fused_swiglu.tuning import tuned_dual_gemm
 
 
@@ -20,15 +21,8 @@ def host_us(fn, n=200):
     return elapsed
 
 
-def operands(m, d_model, d_ff, dtype=torch.bfloat16):
-    x = torch.randn(m, d_model, device="cuda", dtype=dtype)
-    w_gate = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
-    w_up = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
-    return x, w_gate, w_up
-
-
 def layers(m, d_model=2048, d_ff=5632):
-    x, w_gate, w_up = operands(m, d_model, d_ff)
+    x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
     print(f"\nhost us per call, M={m} d_model={d_model} d_ff={d_ff} "
           f"(tensor descriptors: {launch._use_tma(x)})")
     with torch.no_grad():
@@ -76,7 +70,7 @@ class _Nothing(torch.autograd.Function):
 
 
 def profile(m, d_model=4096, d_ff=11008):
-    x, w_gate, w_up = operands(m, d_model, d_ff)
+    x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
     for t in (x, w_gate, w_up):
         t.requires_grad_(True)
     dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)

@@ -7,13 +7,12 @@ import torch
 import triton
 
 from fused_swiglu import swiglu
+from fused_swiglu.bench import linear_layout_operands
 
 
 def inputs(m, d_model=4096, d_ff=11008, dtype=torch.bfloat16, grad=False):
-    x = torch.randn(m, d_model, device="cuda", dtype=dtype, requires_grad=grad)
-    w_gate = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
-    w_up = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
-    return x, w_gate.requires_grad_(grad), w_up.requires_grad_(grad)
+    return tuple(t.requires_grad_(grad)
+                 for t in linear_layout_operands(m, d_model, d_ff, dtype))
 
 
 def eager(x, w_gate, w_up):

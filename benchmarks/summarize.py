@@ -77,19 +77,23 @@ TRAIN_COLUMNS = ("cuBLAS packed GEMM (bound)", "eager", "torch.compile", "liger"
                  OURS + " fast_accum", OURS + " recompute")
 
 
+def _header(columns):
+    names = [c.replace(" (bound)", " bound").replace("fused_swiglu ", "") for c in columns]
+    print("| shape | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+
+
 def markdown_tables(by_key, shapes):
     """The README's tables: ms for M >= 512 (forward / forward+backward, peak MB), µs and the
     ratio to the weight-read time for decode."""
     for dtype in sorted({s[0] for s in shapes}):
         present = [c for c in TRAIN_COLUMNS if any((*s, c) in by_key for s in shapes
                                                    if s[0] == dtype)]
-        names = [c.replace(" (bound)", " bound").replace("fused_swiglu ", "") for c in present]
         train = [s for s in shapes if s[0] == dtype and s[1] >= 512]
         train.sort(key=lambda s: (s[2], s[3], s[1]))
         print(f"\n**{dtype}**, forward / forward+backward in ms, and peak MB of forward+backward "
               f"(M tokens x d_model x d_ff):\n")
-        print("| shape | " + " | ".join(names) + " |")
-        print("|---" * (len(names) + 1) + "|")
+        _header(present)
         for s in train:
             cells = []
             for c in present:
@@ -107,8 +111,7 @@ def markdown_tables(by_key, shapes):
         present = [c for c in present if c != OURS + " recompute"]
         print(f"\n**{dtype} decode**, forward in µs as CUDA-graph replays (in brackets: the ratio "
               f"to reading both weights once at the measured copy bandwidth):\n")
-        print("| shape | " + " | ".join(names[:len(present)]) + " |")
-        print("|---" * (len(present) + 1) + "|")
+        _header(present)
         for s in decode:
             cells = [f"{by_key[(*s, c)]['fwd_ms'] * 1e3:.1f} "
                      f"({by_key[(*s, c)]['vs_weight_read']:.2f})" if (*s, c) in by_key else "–"

@@ -8,6 +8,7 @@ import torch
 import triton
 
 from fused_swiglu import launch
+from fused_swiglu.bench import linear_layout_operands
 from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD, dual_gemm_kernel
 from fused_swiglu.tuning import make_config
 
@@ -29,9 +30,7 @@ def main():
     print(torch.cuda.get_device_name(), "triton", triton.__version__)
     for m, d_model, d_ff in SHAPES:
         dtype = torch.bfloat16
-        x = torch.randn(m, d_model, device="cuda", dtype=dtype)
-        w_gate = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
-        w_up = (torch.randn(d_ff, d_model, device="cuda", dtype=dtype) * d_model ** -0.5).T
+        x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
         packed = torch.cat([w_gate.T, w_up.T]).T
         y = torch.empty(m, d_ff, device="cuda", dtype=dtype)
         preact = torch.empty(m, 2 * d_ff, device="cuda", dtype=dtype)

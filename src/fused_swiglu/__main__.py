@@ -11,18 +11,15 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
     os.execv(sys.executable, [sys.executable, "-m", "fused_swiglu", *sys.argv[1:]])
 
-from fused_swiglu import swiglu, swiglu_reference  # noqa: E402
+from fused_swiglu import bench, swiglu, swiglu_reference  # noqa: E402
 from fused_swiglu.reference import TOLERANCE  # noqa: E402
 
 
 def self_check(device: str, m: int, d_model: int, d_ff: int) -> bool:
     ok = True
     for dtype, tol in TOLERANCE.items():
-        x = torch.randn(m, d_model, device=device, dtype=dtype, requires_grad=True)
-        w_gate = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
-        w_up = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
-        w_gate.requires_grad_()
-        w_up.requires_grad_()
+        x, w_gate, w_up = (t.requires_grad_()
+                           for t in bench.linear_layout_operands(m, d_model, d_ff, dtype, device))
         out = swiglu(x, w_gate, w_up)
         dy = torch.randn_like(out)
         grads = torch.autograd.grad(out, (x, w_gate, w_up), dy)
@@ -49,7 +46,6 @@ def main() -> int:
               f"Self-check at M x d_model x d_ff = {shape}, forward and all gradients:")
     ok = self_check(device, *shape)
     if ok and device == "cuda":
-        from fused_swiglu import bench
         print("\nShort benchmark (full sweep: python -m fused_swiglu.bench):")
         bench.run([((4096, 11008), 8192), ((4096, 11008), 8)], [torch.bfloat16],
                   with_memory=False)

@@ -118,16 +118,21 @@ def _memory(fn, x, w_gate, w_up, dy):
 BOUND = "cuBLAS packed GEMM (bound)"
 
 
+def linear_layout_operands(m, d_model, d_ff, dtype, device="cuda"):
+    """x (m, d_model) and w_gate, w_up (d_model, d_ff) as models hold them: transposed views of
+    nn.Linear (d_ff, d_model) weights, scaled so that x @ w stays near unit size."""
+    x = torch.randn(m, d_model, device=device, dtype=dtype)
+    w_gate, w_up = ((torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
+                    for _ in range(2))
+    return x, w_gate, w_up
+
+
 def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True):
     """Rows of results for one shape: the bound first, then every implementation."""
-    device = "cuda"
-    x = torch.randn(m, d_model, device=device, dtype=dtype)
-    # nn.Linear layout, as models hold their weights: (d_ff, d_model) used transposed
-    w_gate = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
-    w_up = (torch.randn(d_ff, d_model, device=device, dtype=dtype) * d_model ** -0.5).T
+    x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
     # the bound's packed weight in the same layout: one (2 d_ff, d_model) Linear, transposed
     packed = torch.cat([w_gate.T, w_up.T]).T
-    dy = torch.randn(m, d_ff, device=device, dtype=dtype)
+    dy = torch.randn(m, d_ff, device="cuda", dtype=dtype)
     flops_fwd = 2 * m * d_model * 2 * d_ff
     x.requires_grad_(with_backward)
     w_gate.requires_grad_(with_backward)

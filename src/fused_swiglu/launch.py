@@ -7,7 +7,7 @@ import torch
 from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD, dual_gemm_kernel
 from .kernels.glu_backward import glu_backward_kernel
 from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
-                     token_bucket, tuned_dual_gemm)
+                     token_bucket, tuned_dual_gemm, with_launch_kwargs)
 
 try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -83,9 +83,8 @@ def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact,
             dy.stride(0), dy.stride(1))
     flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
                  USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed)
-    key = (m_bucket, N, K, a.dtype, epilogue, store_preact, fast_accum, use_tma, a_transposed,
-           b_transposed)
-    chosen = (config, config.all_kwargs()) if config else chosen_config(key, fast_accum)
+    key = (m_bucket, N, K, a.dtype, *flags.values())
+    chosen = with_launch_kwargs(config) if config else chosen_config(key, fast_accum)
     if chosen is None:
         # first call for this problem: the autotuner times the configurations and launches
         tuner = tuned_dual_gemm()

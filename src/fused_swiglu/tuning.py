@@ -41,11 +41,15 @@ def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
         num_stages=stages, num_warps=warps, pre_hook=set_descriptor_blocks)
 
 
+def with_launch_kwargs(config):
+    """(config, its launch keyword arguments), built once: launches reuse the dict."""
+    return config, config.all_kwargs()
+
+
 @functools.cache
 def _interpreter_config(fast_accum: bool):
     # small tiles so that the CPU tests cover several tiles and ragged tails
-    config = make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum)
-    return config, config.all_kwargs()
+    return with_launch_kwargs(make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum))
 
 
 def dual_gemm_configs():
@@ -134,4 +138,4 @@ def chosen_config(key, fast_accum: bool):
 
 
 def remember_config(key, config) -> None:
-    _chosen_configs[key] = config, config.all_kwargs()
+    _chosen_configs[key] = with_launch_kwargs(config)
