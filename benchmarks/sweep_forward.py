@@ -9,20 +9,23 @@ import triton
 
 from fused_swiglu import launch
 from fused_swiglu.bench import linear_layout_operands
-from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD, dual_gemm_kernel
+from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
+from fused_swiglu.kernels.stacked_gemm import stacked_gemm_kernel
 from fused_swiglu.tuning import make_config
 
 SHAPES = [(8192, 4096, 11008), (8192, 4096, 14336), (4096, 8192, 28672), (8192, 2048, 5632)]
+# stacked-kernel tiles: BLOCK_N is each weight's share of the 2 * BLOCK_N-wide MMA
 CONFIGS = {
-    "128x128x64 s4 g8": make_config(128, 128, 64, 4, 8),
-    "128x128x64 s4 g4": make_config(128, 128, 64, 4, 8, group_m=4),
-    "128x128x64 s4 g16": make_config(128, 128, 64, 4, 8, group_m=16),
     "128x128x64 s3 g8": make_config(128, 128, 64, 3, 8),
-    "64x256x64 s3 g8": make_config(64, 256, 64, 3, 8),
+    "128x128x64 s3 g4": make_config(128, 128, 64, 3, 8, group_m=4),
+    "128x128x64 s3 g16": make_config(128, 128, 64, 3, 8, group_m=16),
+    "128x64x64 s4 g8 w4": make_config(128, 64, 64, 4, 4),
+    "128x64x64 s4 g8 w8": make_config(128, 64, 64, 4, 8),
+    "128x128x128 s2 g8": make_config(128, 128, 128, 2, 8),
     # the first one again: how far two timings of one kernel fall apart
-    "128x128x64 s4 g8 again": make_config(128, 128, 64, 4, 8),
+    "128x128x64 s3 g8 again": make_config(128, 128, 64, 3, 8),
 }
-WITH_PREACT = ("128x128x64 s4 g8", "128x128x64 s4 g4", "128x128x64 s4 g16")
+WITH_PREACT = ("128x128x64 s3 g8", "128x64x64 s4 g8 w4")
 ROUNDS = 3
 
 
@@ -38,9 +41,8 @@ def main():
         fns = {"cuBLAS packed": lambda: x @ packed}
         for name, cfg in CONFIGS.items():
             def run(cfg=cfg, store=False):
-                launch._dual_gemm(x, w_gate, w_up, y, preact[:, :d_ff] if store else y,
-                                  preact[:, d_ff:] if store else y, y, SWIGLU_FORWARD, store,
-                                  False, config=cfg)
+                launch._dual_gemm(x, w_gate, w_up, y, preact if store else None, None,
+                                  SWIGLU_FORWARD, store, False, config=cfg)
             try:
                 y.fill_(float("nan"))
                 run()
@@ -68,12 +70,12 @@ def main():
 
 def dump_ir(folder):
     """TTGIR and PTX of the 128 x 128 x 64 kernels with and without the [g | u] stores."""
-    for cache in dual_gemm_kernel.device_caches.values():
+    for cache in stacked_gemm_kernel.device_caches.values():
         for kernel in cache[0].values():
             meta = kernel.metadata
             ttgir = kernel.asm.get("ttgir", "")
-            stores = ttgir.count("tt.store")
-            if meta.num_warps == 8 and meta.num_stages == 4:
+            stores = ttgir.count("descriptor_store")
+            if meta.num_warps == 8 and meta.num_stages == 3:
                 for kind in ("ttgir", "ptx"):
                     path = f"{folder}/stores{stores}.{kind}"
                     with open(path, "w") as f:

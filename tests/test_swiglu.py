@@ -108,6 +108,67 @@ def test_no_worse_than_twice_pytorch(dtype):
     assert relative_error(ours, ref) <= 2 * relative_error(eager, ref) + 1e-7
 
 
+@pytest.fixture
+def stacked_launches(monkeypatch):
+    """Tensor descriptors from one token on, so that the CPU interpreter runs the descriptor
+    kernels too (only large shapes reach them otherwise); returns the list of the stacked
+    kernel's launches, and whether this device runs that kernel at all."""
+    from fused_swiglu import launch
+
+    monkeypatch.setattr(launch, "TMA_MIN_TOKENS", 1)
+    launches = []
+    real = launch._stacked_gemm
+
+    def recording(*args, **kwargs):
+        launches.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "_stacked_gemm", recording)
+    available = not ON_GPU or torch.cuda.get_device_capability()[0] >= 9
+    return launches, available
+
+
+def linear_weights(layout, d_model, d_ff, dtype):
+    """(w_gate, w_up) as transposed (d_ff, d_model) weights: separate tensors, or both in one
+    buffer with gate first or up first."""
+    scale = d_model ** -0.5
+    if layout == "separate":
+        return make_inputs((1,), d_model, d_ff, dtype, transposed=True)[1:]
+    both = torch.randn(2 * d_ff, d_model, device=DEVICE, dtype=dtype) * scale
+    first, second = both[:d_ff].T, both[d_ff:].T
+    return (first, second) if layout == "gate_first" else (second, first)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("layout", ["separate", "gate_first", "up_first"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_stacked_weights_kernel(dtype, layout, recompute, stacked_launches):
+    # ragged in every dimension against the interpreter's 32 x 32 x 32 tiles
+    launches, available = stacked_launches
+    x = torch.randn(37, 48, device=DEVICE, dtype=dtype)
+    w_gate, w_up = linear_weights(layout, 48, 80, dtype)
+    check_against_reference(x, w_gate, w_up, TOLERANCE[dtype], recompute=recompute)
+    # the forward, and the recompute backward's GEMM
+    assert len(launches) == ((2 if recompute else 1) if available else 0)
+
+
+@pytest.mark.parametrize("case", ["interleaved rows", "row-major weights", "d_ff * 2 bytes "
+                                  "not a multiple of 16"])
+def test_weights_one_descriptor_cannot_stack(case, stacked_launches):
+    launches, _ = stacked_launches
+    dtype, d_model, d_ff = torch.bfloat16, 48, 80
+    x = torch.randn(37, d_model, device=DEVICE, dtype=dtype)
+    if case == "interleaved rows":  # the two storages overlap
+        both = torch.randn(2 * d_ff, d_model, device=DEVICE, dtype=dtype) * d_model ** -0.5
+        w_gate, w_up = both[0::2].T, both[1::2].T
+    elif case == "row-major weights":
+        w_gate, w_up = make_inputs((1,), d_model, d_ff, dtype)[1:]
+    else:
+        w_gate, w_up = make_inputs((1,), d_model, 36, dtype, transposed=True)[1:]
+    check_against_reference(x, w_gate, w_up, TOLERANCE[dtype])
+    assert launches == []
+
+
 def test_strided_and_mixed_layout_operands():
     # a column slice of a wider x (row stride != d_model) and one weight transposed, the
     # other not: layouts that a tensor descriptor cannot take, so the pointer path runs

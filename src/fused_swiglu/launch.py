@@ -6,8 +6,10 @@ import torch
 
 from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD, dual_gemm_kernel
 from .kernels.glu_backward import glu_backward_kernel
+from .kernels.stacked_gemm import stacked_gemm_kernel
 from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
-                     token_bucket, tuned_dual_gemm, with_launch_kwargs)
+                     set_stacked_descriptor_blocks, token_bucket, tuned_dual_gemm,
+                     tuned_stacked_gemm, with_launch_kwargs)
 
 try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -42,23 +44,129 @@ def _storage_for_tma(t: torch.Tensor):
 
 
 def _use_tma(a: torch.Tensor) -> bool:
-    """Tensor descriptors for 16-bit operands of many rows on Hopper or newer."""
-    return (TensorDescriptor is not None and not interpreting() and a.is_cuda
-            and a.shape[0] >= TMA_MIN_TOKENS and a.dtype in (torch.float16, torch.bfloat16)
-            and _compute_capability(a.device)[0] >= 9)
+    """Tensor descriptors for 16-bit operands of many rows on Hopper or newer (and under the
+    interpreter, which runs them on the CPU, for tests that lower TMA_MIN_TOKENS)."""
+    if TensorDescriptor is None or a.shape[0] < TMA_MIN_TOKENS:
+        return False
+    if a.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if interpreting():
+        return True
+    return a.is_cuda and _compute_capability(a.device)[0] >= 9
 
 
 def _descriptor(storage: torch.Tensor):
     # the block shape is a placeholder: each autotune config sets its own in a pre-hook
-    return TensorDescriptor.from_tensor(storage, [16, 16])
+    return TensorDescriptor.from_tensor(storage, [16] * storage.dim())
 
 
-def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact, fast_accum,
-               config=None):
-    """out_* = epilogue(a @ b_gate, a @ b_up), by tiles, on 2-D operands of any strides; with
-    the autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
+# a tensor descriptor's strides must stay below 2**40 bytes
+_TMA_STRIDE_LIMIT = 1 << 40
+
+
+def _stacked_weights(b_gate, b_up):
+    """(descriptor of both weights as one (2, N, K) tensor, whether up comes first), or None.
+
+    Works where both are nn.Linear weights, i.e. b_gate and b_up are transposed views of
+    row-major (N, K) storages with the same row stride: the outer stride of the descriptor is
+    the distance between the two storages, wherever each lives, taken from the lower one so
+    that it is positive. Storages that overlap (interleaved rows) are left to the other path."""
+    gate, up = _storage_for_tma(b_gate), _storage_for_tma(b_up)
+    if not (gate and up and gate[1] and up[1] and gate[0].stride() == up[0].stride()):
+        return None
+    gate, up = gate[0], up[0]
+    up_first = up.data_ptr() < gate.data_ptr()
+    low, high = (up, gate) if up_first else (gate, up)
+    distance = high.data_ptr() - low.data_ptr()
+    if distance < low.shape[0] * low.stride(0) * low.element_size():
+        return None
+    if distance >= _TMA_STRIDE_LIMIT:
+        return None
+    descriptor = TensorDescriptor(low, [2, *low.shape], [distance // low.element_size(),
+                                                         low.stride(0), 1], [1, 16, 16])
+    return descriptor, up_first
+
+
+def _row_major_for_tma(t: torch.Tensor) -> bool:
+    storage = _storage_for_tma(t)
+    return storage is not None and not storage[1]
+
+
+# The interpreter has no multiprocessors: this many programs make each walk several tiles, as
+# they do on a GPU.
+_INTERPRETER_PROGRAMS = 3
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if interpreting():
+        return _INTERPRETER_PROGRAMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_accum, config,
+                  set_blocks):
+    """Launch with the configuration chosen for `key` (the autotuner's, on the first call), or
+    `config` (for benchmarks of configurations). set_blocks, None without tensor descriptors,
+    gives the descriptors the configuration's block shapes."""
+    chosen = with_launch_kwargs(config) if config else chosen_config(key, fast_accum, stacked)
+    if chosen is None:
+        # first call for this problem: the autotuner times the configurations and launches
+        tuner = tuned_kernel()
+        tuner[grid](*args, **flags)
+        remember_config(key, tuner.best_config)
+        return
+    # later calls launch the chosen configuration directly: the autotuner's per-call key and
+    # argument handling cost host time that short kernels cannot hide
+    config, launch_kwargs = chosen
+    if set_blocks is not None:  # what the configuration's pre-hook would do
+        set_blocks({**dict(zip(kernel.arg_names, args)), **flags, **config.kwargs})
+    kernel[grid](*args, **flags, **launch_kwargs)
+
+
+def _stacked_gemm(a, weights, y, gu, dy, epilogue, store_preact, fast_accum, config):
+    """The stacked kernel's launch; `weights` is _stacked_weights()'s answer."""
+    M, K = a.shape
+    N = weights[0].shape[1]
+    w_arg, up_first = weights
+    # [g | u] (M, 2 N) seen as (M, 2, N): descriptor bounds then clip each half on its own
+    gu_arg = _descriptor(gu.view(M, 2, N)) if gu is not None else None
+    args = (_descriptor(a), w_arg, _descriptor(y) if y is not None else None, gu_arg,
+            _descriptor(dy) if dy is not None else None,
+            M, N, K, token_bucket(M), _num_sms(a.device))
+    flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
+                 UP_FIRST=up_first)
+    key = ("stacked", token_bucket(M), N, K, a.dtype, epilogue, store_preact, fast_accum)
+    num_sms = args[-1]
+
+    def grid(meta):
+        # persistent: one program per multiprocessor, fewer when there are fewer tiles
+        tiles = _cdiv(M, meta["BLOCK_M"]) * _cdiv(N, meta["BLOCK_N"])
+        return (min(num_sms, tiles),)
+
+    _launch_tuned(tuned_stacked_gemm, stacked_gemm_kernel, key, True, grid, args, flags,
+                  fast_accum, config, set_stacked_descriptor_blocks)
+
+
+def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, config=None):
+    """The SwiGLU epilogue of a @ b_gate and a @ b_up, by tiles, on 2-D operands of any strides.
+
+    Forward (SWIGLU_FORWARD): y = silu(g) * u, and with store_preact [g | u] into gu, an
+    (M, 2 N) buffer. Backward (SWIGLU_BACKWARD): [dg | du] into gu from dy. With the
+    autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
     M, K = a.shape
     N = b_gate.shape[1]
+    if _use_tma(a) and _row_major_for_tma(a) and N * a.element_size() % _TMA_ALIGNMENT == 0:
+        weights = _stacked_weights(b_gate, b_up)
+        if weights is not None and (dy is None or _row_major_for_tma(dy)):
+            _stacked_gemm(a, weights, y, gu, dy, epilogue, store_preact, fast_accum, config)
+            return
+    if epilogue == SWIGLU_FORWARD:
+        out_a = y
+        out_b, out_c = (gu[:, :N], gu[:, N:]) if store_preact else (y, y)
+        dy = y  # never read by the forward
+    else:
+        out_a, out_b, out_c = gu[:, :N], gu[:, N:], gu
     a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
     use_tma, a_transposed, b_transposed = False, False, False
     if _use_tma(a):
@@ -84,20 +192,8 @@ def _dual_gemm(a, b_gate, b_up, out_a, out_b, out_c, dy, epilogue, store_preact,
     flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
                  USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed)
     key = (m_bucket, N, K, a.dtype, *flags.values())
-    chosen = with_launch_kwargs(config) if config else chosen_config(key, fast_accum)
-    if chosen is None:
-        # first call for this problem: the autotuner times the configurations and launches
-        tuner = tuned_dual_gemm()
-        tuner[grid](*args, **flags)
-        remember_config(key, tuner.best_config)
-        return
-    # later calls launch the chosen configuration directly: the autotuner's per-call key and
-    # argument handling cost host time that short kernels cannot hide
-    config, launch_kwargs = chosen
-    if use_tma:
-        set_descriptor_blocks(dict(a=a_arg, b_gate=b_gate_arg, b_up=b_up_arg, **flags,
-                                   **config.kwargs))
-    dual_gemm_kernel[grid](*args, **flags, **launch_kwargs)
+    _launch_tuned(tuned_dual_gemm, dual_gemm_kernel, key, False, grid, args, flags,
+                  fast_accum, config, set_descriptor_blocks if use_tma else None)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -115,14 +211,9 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     packed as one (M, 2 * d_ff) tensor [g | u], else an empty tensor."""
     M, N = x.shape[0], w_gate.shape[1]
     y = new_output((M, N), x)
-    if store_preact:
-        preact = new_output((M, 2 * N), x)
-        gate, up = preact[:, :N], preact[:, N:]
-    else:
-        preact = x.new_empty((0,))
-        gate = up = y  # never written: STORE_PREACT is off
-    _dual_gemm(x, w_gate, w_up, y, gate, up, y, SWIGLU_FORWARD, store_preact, fast_accum)
-    return y, preact
+    preact = new_output((M, 2 * N), x) if store_preact else None
+    _dual_gemm(x, w_gate, w_up, y, preact, None, SWIGLU_FORWARD, store_preact, fast_accum)
+    return y, preact if store_preact else x.new_empty((0,))
 
 
 def swiglu_grad_from_preact(dy, preact, out=None):
@@ -148,6 +239,5 @@ def swiglu_grad_recompute(dy, x, w_gate, w_up, fast_accum: bool):
     """[dg | du] of shape (M, 2 * d_ff), recomputing g and u in the GEMM's epilogue."""
     M, N = dy.shape
     grads = new_output((M, 2 * N), x)
-    _dual_gemm(x, w_gate, w_up, grads[:, :N], grads[:, N:], grads, dy,
-               SWIGLU_BACKWARD, False, fast_accum)
+    _dual_gemm(x, w_gate, w_up, None, grads, dy, SWIGLU_BACKWARD, False, fast_accum)
     return grads

@@ -9,6 +9,7 @@ import triton
 import triton.testing
 
 from .kernels.dual_gemm import dual_gemm_kernel
+from .kernels.stacked_gemm import stacked_gemm_kernel
 
 # Hopper gives one block up to 227 KiB of shared memory; keep a margin for the epilogue.
 SHARED_MEMORY_LIMIT = 200 * 1024
@@ -35,10 +36,20 @@ def set_descriptor_blocks(nargs):
     nargs["b_up"].block_shape = b_block
 
 
-def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
+def set_stacked_descriptor_blocks(nargs):
+    """The block shapes of the stacked kernel's descriptors; unused ones are None."""
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    blocks = {"a": [bm, bk], "w": [2, bn, bk], "y": [bm, bn], "gu": [bm, 1, bn], "dy": [bm, bn]}
+    for name, block in blocks.items():
+        if nargs[name] is not None:
+            nargs[name].block_shape = block
+
+
+def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False,
+                pre_hook=set_descriptor_blocks):
     return triton.Config(
         {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc},
-        num_stages=stages, num_warps=warps, pre_hook=set_descriptor_blocks)
+        num_stages=stages, num_warps=warps, pre_hook=pre_hook)
 
 
 def with_launch_kwargs(config):
@@ -47,9 +58,11 @@ def with_launch_kwargs(config):
 
 
 @functools.cache
-def _interpreter_config(fast_accum: bool):
+def _interpreter_config(fast_accum: bool, stacked: bool):
     # small tiles so that the CPU tests cover several tiles and ragged tails
-    return with_launch_kwargs(make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum))
+    hook = set_stacked_descriptor_blocks if stacked else set_descriptor_blocks
+    return with_launch_kwargs(make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum,
+                                          pre_hook=hook))
 
 
 def dual_gemm_configs():
@@ -79,6 +92,30 @@ def dual_gemm_configs():
     # every tile with float32 accumulators, and again with float16 ones for fast_accum calls:
     # the autotuner takes whichever runs faster on this GPU
     return [make_config(*tile, fp16_acc=fp16_acc) for fp16_acc in (False, True) for tile in tiles]
+
+
+def stacked_gemm_configs():
+    """Tiles for the stacked kernel: BLOCK_N is each weight's share of the 2 * BLOCK_N-wide MMA.
+    (128, 128, 64) in 3 stages matched the cuBLAS GEMM on an H200 (NOTES.md, v5); the narrower
+    tile is for problems with few tiles per multiprocessor."""
+    tiles = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)]
+    return [make_config(*tile, fp16_acc=fp16_acc, pre_hook=set_stacked_descriptor_blocks)
+            for fp16_acc in (False, True) for tile in tiles]
+
+
+def _prune_stacked(configs, nargs, **kwargs):
+    args = {**nargs, **kwargs}
+    kept = []
+    for cfg in configs:
+        bm, bn, bk, fp16_acc = (cfg.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K",
+                                                         "FP16_ACC"))
+        # operands are 16-bit here (tensor descriptors are only used for 16-bit operands);
+        # the epilogue stages one (BLOCK_M, BLOCK_N) output tile in shared memory
+        shared = 2 * (cfg.num_stages * (bm * bk + 2 * bk * bn) + bm * bn)
+        if (fp16_acc and not args["FAST_ACCUM"]) or shared > SHARED_MEMORY_LIMIT:
+            continue
+        kept.append(cfg)
+    return kept or configs[:1]
 
 
 # accumulator registers per thread above which a config spills
@@ -125,15 +162,25 @@ def tuned_dual_gemm():
     )(dual_gemm_kernel)
 
 
+@functools.cache
+def tuned_stacked_gemm():
+    return triton.autotune(
+        configs=stacked_gemm_configs(),
+        key=["M_BUCKET", "N", "K", "EPILOGUE", "STORE_PREACT", "FAST_ACCUM"],
+        prune_configs_by={"early_config_prune": _prune_stacked},
+        do_bench=_graph_benchmark,
+    )(stacked_gemm_kernel)
+
+
 # problem key -> the configuration the autotuner chose for it, with its launch arguments
 _chosen_configs = {}
 
 
-def chosen_config(key, fast_accum: bool):
+def chosen_config(key, fast_accum: bool, stacked: bool):
     """(configuration, its launch keyword arguments) remembered for `key`, None until the
     autotuner has picked one; under the interpreter always its single configuration."""
     if interpreting():
-        return _interpreter_config(fast_accum)
+        return _interpreter_config(fast_accum, stacked)
     return _chosen_configs.get(key)
 
 

@@ -1,0 +1,190 @@
+"""Forward kernel variants against the cuBLAS packed GEMM, one variant per process (a variant
+that hangs is killed by the caller's timeout without losing the others). GPU only:
+
+    python benchmarks/forward_variants.py VARIANT        # see VARIANTS below
+
+Besides the package's kernel, the variants are a plain TMA GEMM of the packed weight (what
+Triton reaches on one GEMM, without the SwiGLU epilogue) and the dual GEMM with two half-width
+MMAs per k-step, persistent or not, storing through tensor descriptors: the comparison that
+led to the stacked kernel (NOTES.md, v5)."""
+
+import statistics
+import sys
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from fused_swiglu import launch
+from fused_swiglu.bench import linear_layout_operands
+from fused_swiglu.kernels.common import grouped_tile, silu
+from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
+from fused_swiglu.tuning import make_config
+
+SHAPES = [(8192, 4096, 11008), (8192, 4096, 14336), (4096, 8192, 28672), (8192, 2048, 5632)]
+ROUNDS = 3
+
+
+@triton.jit
+def _store_tile(desc, off_m, off_n, tile, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                SUBTILE: tl.constexpr):
+    if SUBTILE:
+        # two half-width stores: half the shared-memory staging buffer
+        halves = tl.permute(tl.reshape(tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+        left, right = tl.split(halves)
+        desc.store([off_m, off_n], left)
+        desc.store([off_m, off_n + BLOCK_N // 2], right)
+    else:
+        desc.store([off_m, off_n], tile)
+
+
+@triton.jit
+def plain_gemm_kernel(a_desc, b_desc, c_desc, M, N, K,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, PERSISTENT: tl.constexpr,
+                      SUBTILE: tl.constexpr):
+    """C = A @ B^T with B stored (N, K): the reference for what Triton's main loop reaches."""
+    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    first = tl.program_id(0)
+    step = NUM_SMS if PERSISTENT else num_tiles
+    tile_c = first - step
+    for tile in tl.range(first, num_tiles, step, flatten=PERSISTENT):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(tl.cdiv(K, BLOCK_K)):
+            a = a_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+            b = b_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+            acc = tl.dot(a, b.T, acc)
+        # the epilogue's own tile counter: keeps it independent of the prefetching loop's
+        tile_c += step
+        pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _store_tile(c_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, acc.to(c_desc.dtype),
+                    BLOCK_M, BLOCK_N, SUBTILE)
+
+
+@triton.jit
+def dual_gemm_store_kernel(a_desc, g_desc, u_desc, y_desc, M, N, K,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr,
+                           PERSISTENT: tl.constexpr, SUBTILE: tl.constexpr,
+                           WARP_SPECIALIZE: tl.constexpr):
+    """y = silu(A @ G^T) * (A @ U^T), G and U stored (N, K), y through a tensor descriptor."""
+    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    first = tl.program_id(0)
+    step = NUM_SMS if PERSISTENT else num_tiles
+    tile_c = first - step
+    for tile in tl.range(first, num_tiles, step, flatten=PERSISTENT,
+                         warp_specialize=WARP_SPECIALIZE):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(tl.cdiv(K, BLOCK_K)):
+            a = a_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+            g = g_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+            u = u_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+            acc_g = tl.dot(a, g.T, acc_g)
+            acc_u = tl.dot(a, u.T, acc_u)
+        tile_c += step
+        pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        y = (silu(acc_g) * acc_u).to(y_desc.dtype)
+        _store_tile(y_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, y, BLOCK_M, BLOCK_N, SUBTILE)
+
+
+def _num_sms():
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def plain(bm, bn, bk, stages, warps, persistent, subtile):
+    def build(x, w_gate, w_up, packed, y):
+        m, k = x.shape
+        n = packed.shape[1]
+        c = torch.empty(m, n, device=x.device, dtype=x.dtype)
+        a_desc = TensorDescriptor.from_tensor(x, [bm, bk])
+        b_desc = TensorDescriptor.from_tensor(packed.T, [bn, bk])
+        c_desc = TensorDescriptor.from_tensor(c, [bm, bn // 2 if subtile else bn])
+        tiles = -(-m // bm) * -(-n // bn)
+        grid = (min(_num_sms(), tiles) if persistent else tiles,)
+
+        def run():
+            plain_gemm_kernel[grid](a_desc, b_desc, c_desc, m, n, k, bm, bn, bk, 8, _num_sms(),
+                                    persistent, subtile, num_stages=stages, num_warps=warps)
+        return run, lambda: c, lambda: x.float() @ packed.float()
+    return build
+
+
+def dual_store(bm, bn, bk, stages, warps, persistent, subtile, warp_specialize=False):
+    def build(x, w_gate, w_up, packed, y):
+        m, k = x.shape
+        n = w_gate.shape[1]
+        a_desc = TensorDescriptor.from_tensor(x, [bm, bk])
+        g_desc = TensorDescriptor.from_tensor(w_gate.T, [bn, bk])
+        u_desc = TensorDescriptor.from_tensor(w_up.T, [bn, bk])
+        y_desc = TensorDescriptor.from_tensor(y, [bm, bn // 2 if subtile else bn])
+        tiles = -(-m // bm) * -(-n // bn)
+        grid = (min(_num_sms(), tiles) if persistent else tiles,)
+
+        def run():
+            dual_gemm_store_kernel[grid](a_desc, g_desc, u_desc, y_desc, m, n, k, bm, bn, bk, 8,
+                                         _num_sms(), persistent, subtile, warp_specialize,
+                                         num_stages=stages, num_warps=warps)
+        return run, lambda: y, None
+    return build
+
+
+def package(bm, bn, bk, stages, warps):
+    def build(x, w_gate, w_up, packed, y):
+        config = make_config(bm, bn, bk, stages, warps)
+
+        def run():
+            launch._dual_gemm(x, w_gate, w_up, y, None, None, SWIGLU_FORWARD, False, False,
+                              config=config)
+        return run, lambda: y, None
+    return build
+
+
+VARIANTS = {
+    # the package's kernel for these operands (the stacked kernel since v5)
+    "package": package(128, 128, 64, 3, 8),
+    "plain_np_128x256_s3": plain(128, 256, 64, 3, 8, False, False),
+    "plain_p_128x256_s3": plain(128, 256, 64, 3, 8, True, True),
+    "plain_p_128x256_s4": plain(128, 256, 64, 4, 8, True, True),
+    "dual_np_store_s4": dual_store(128, 128, 64, 4, 8, False, True),
+    "dual_np_store_s3": dual_store(128, 128, 64, 3, 8, False, False),
+    "dual_p_store_s3": dual_store(128, 128, 64, 3, 8, True, True),
+    "dual_p_store_s4": dual_store(128, 128, 64, 4, 8, True, True),
+    "dual_p_store_s3_ws": dual_store(128, 128, 64, 3, 8, True, True, warp_specialize=True),
+}
+
+
+def main(name):
+    print(torch.cuda.get_device_name(), "triton", triton.__version__, "variant", name)
+    for m, d_model, d_ff in SHAPES:
+        x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
+        packed = torch.cat([w_gate.T, w_up.T]).T
+        y = torch.empty(m, d_ff, device="cuda", dtype=torch.bfloat16)
+        run, result, reference = VARIANTS[name](x, w_gate, w_up, packed, y)
+        if reference is None:
+            def reference():
+                return (torch.nn.functional.silu((x @ w_gate).float())
+                        * (x @ w_up).float())
+        y.fill_(float("nan"))
+        run()
+        ref = reference()
+        err = ((result().float() - ref).norm() / ref.norm()).item()
+        if not err < 1e-2:
+            print(f"  M={m} {d_model}x{d_ff}: WRONG, relative error {err}")
+            continue
+        fns = {"cuBLAS": lambda: x @ packed, name: run}
+        samples = {k: [] for k in fns}
+        for _ in range(ROUNDS):
+            for k, fn in fns.items():
+                samples[k].append(triton.testing.do_bench(fn, warmup=10, rep=40,
+                                                          return_mode="median"))
+        ms = {k: statistics.median(v) for k, v in samples.items()}
+        print(f"  M={m} {d_model}x{d_ff}: cuBLAS {ms['cuBLAS']:.3f} ms, {name} {ms[name]:.3f} ms"
+              f" = {ms[name] / ms['cuBLAS']:.3f}x")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,71 @@
+"""The dual GEMM as one GEMM, for Hopper's tensor descriptors (TMA): a (2, N, K) descriptor
+stacks the two weights, so each k-step is ONE MMA of width 2 * BLOCK_N whose accumulator
+splits into g and u in the epilogue. Two half-width MMAs per k-step (kernels/dual_gemm.py) read
+every A tile twice from shared memory; measured on an H200 this kernel runs 1.0-1.02x the
+cuBLAS packed GEMM where the two-MMA kernel ran 1.05-1.10x (NOTES.md, v5).
+
+A persistent grid walks the tiles in one flattened loop, so the compiler issues the next
+tile's loads before this tile's epilogue, and the epilogue stores through tensor descriptors."""
+
+import triton
+import triton.language as tl
+
+from .common import grouped_tile, mma, silu, silu_grad
+
+
+@triton.jit
+def _store_pair(gu, off_m, off_n, first, second, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Store two (BLOCK_M, BLOCK_N) tiles into halves 0 and 1 of the (M, 2, N) descriptor `gu`:
+    the view of an (M, 2 N) buffer [first | second] whose bounds clip each half separately."""
+    dtype: tl.constexpr = gu.dtype
+    gu.store([off_m, 0, off_n], first.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
+    gu.store([off_m, 1, off_n], second.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
+
+
+@triton.jit
+def stacked_gemm_kernel(
+    # tensor descriptors: A (M, K); the weights as one (2, N, K) tensor, gate first unless
+    # UP_FIRST; y (M, N) and dy (M, N); gu (M, 2, N), the view of [g | u] or [dg | du].
+    # Unused ones are None: y in the backward, dy in the forward, gu without STORE_PREACT.
+    a, w, y, gu, dy,
+    M, N, K, M_BUCKET, NUM_SMS,
+    # the same meaning as dual_gemm_kernel's
+    EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
+    UP_FIRST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FP16_ACC: tl.constexpr,
+):
+    ACC_DTYPE: tl.constexpr = tl.float16 if FP16_ACC else tl.float32
+    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    # the epilogue keeps its own tile counter, one tile behind the loads': with the two
+    # independent, the flattened loop can prefetch the next tile while this one is stored
+    tile_stored = tl.program_id(0) - NUM_SMS
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=ACC_DTYPE)
+        for k in range(tl.cdiv(K, BLOCK_K)):
+            a_tile = a.load([pid_m * BLOCK_M, k * BLOCK_K])
+            w_tile = w.load([0, pid_n * BLOCK_N, k * BLOCK_K]).reshape(2 * BLOCK_N, BLOCK_K)
+            acc = mma(a_tile, w_tile.T, acc, ACC_DTYPE)
+
+        tile_stored += NUM_SMS
+        pid_m, pid_n = grouped_tile(tile_stored, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+        if UP_FIRST:
+            gate, up = right, left
+        else:
+            gate, up = left, right
+        if EPILOGUE == 0:
+            y.store([off_m, off_n], (silu(gate.to(tl.float32)) * up.to(tl.float32))
+                    .to(y.dtype))
+            if STORE_PREACT:
+                _store_pair(gu, off_m, off_n, gate, up, BLOCK_M, BLOCK_N)
+        else:
+            # the backward sees g and u rounded to the storage dtype, as a stored forward would
+            gate = gate.to(gu.dtype).to(tl.float32)
+            up = up.to(gu.dtype).to(tl.float32)
+            dy_tile = dy.load([off_m, off_n]).to(tl.float32)
+            _store_pair(gu, off_m, off_n, dy_tile * up * silu_grad(gate), dy_tile * silu(gate),
+                        BLOCK_M, BLOCK_N)
