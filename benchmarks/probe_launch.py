@@ -24,7 +24,7 @@ def host_us(fn, n=200):
 def layers(m, d_model=2048, d_ff=5632):
     x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
     print(f"\nhost us per call, M={m} d_model={d_model} d_ff={d_ff} "
-          f"(tensor descriptors: {launch._use_tma(x)})")
+          f"(tensor descriptors: {launch._use_tma(x, w_gate.shape[1])})")
     with torch.no_grad():
         rows = [
             ("swiglu() no grad", lambda: swiglu(x, w_gate, w_up)),

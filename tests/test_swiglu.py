@@ -25,11 +25,15 @@ SHAPES = [
     ((11,), 20, 33),
 ]
 if ON_GPU:
-    # model shapes; M >= 1024 takes tensor descriptors (TMA), fewer tokens the pointer path;
-    # the last has rows of 2750 elements (5500 bytes), which no descriptor can take
+    # model shapes; M * d_model * d_ff >= 2**33 takes tensor descriptors (TMA), smaller
+    # problems the pointer path; the last has rows of 2750 elements (5500 bytes), which no
+    # descriptor can take
     SHAPES += [((4, 2048), 4096, 11008), ((512,), 4096, 14336), ((8,), 4096, 11008),
                ((3, 700), 1000, 2750)]
-LARGE_SHAPES = [((2048,), 1024, 2816)] if ON_GPU else []
+LARGE_SHAPES = [((2048,), 2048, 2816)] if ON_GPU else []
+# nn.Linear-layout weights: on a GPU the model shapes take the stacked-weights kernel
+LINEAR_SHAPES = SHAPES[:3] + SHAPES[-1:] + ([((4, 2048), 4096, 11008), ((512,), 4096, 14336)]
+                                             if ON_GPU else [])
 
 
 def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -78,17 +82,18 @@ def test_forward_and_gradients(lead, d_model, d_ff, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("lead,d_model,d_ff", SHAPES[:3] + SHAPES[-1:], ids=str)
+@pytest.mark.parametrize("lead,d_model,d_ff", LINEAR_SHAPES, ids=str)
 def test_transposed_linear_weights(lead, d_model, d_ff, dtype):
     check_against_reference(*make_inputs(lead, d_model, d_ff, dtype, transposed=True),
                             TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,d_model,d_ff", [((2, 21), 48, 80)] + LARGE_SHAPES, ids=str)
-def test_recompute(lead, d_model, d_ff, dtype):
-    check_against_reference(*make_inputs(lead, d_model, d_ff, dtype), TOLERANCE[dtype],
-                            recompute=True)
+def test_recompute(lead, d_model, d_ff, dtype, transposed):
+    check_against_reference(*make_inputs(lead, d_model, d_ff, dtype, transposed),
+                            TOLERANCE[dtype], recompute=True)
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -110,12 +115,12 @@ def test_no_worse_than_twice_pytorch(dtype):
 
 @pytest.fixture
 def stacked_launches(monkeypatch):
-    """Tensor descriptors from one token on, so that the CPU interpreter runs the descriptor
+    """Tensor descriptors for every size, so that the CPU interpreter runs the descriptor
     kernels too (only large shapes reach them otherwise); returns the list of the stacked
     kernel's launches, and whether this device runs that kernel at all."""
     from fused_swiglu import launch
 
-    monkeypatch.setattr(launch, "TMA_MIN_TOKENS", 1)
+    monkeypatch.setattr(launch, "TMA_MIN_WORK", 1)
     launches = []
     real = launch._stacked_gemm
 

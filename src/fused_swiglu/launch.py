@@ -18,9 +18,10 @@ except ImportError:  # pragma: no cover - older Triton takes the pointer path
 
 _TMA_ALIGNMENT = 16  # bytes: base address and every non-unit stride of a tensor descriptor
 # Launching with host tensor descriptors costs about 150 us of host time per call (measured on
-# an H200 host, Triton 3.6) against 70 us with pointers. Below this many tokens the kernel is
-# too short to hide that, and reading the weights, not the load path, bounds it.
-TMA_MIN_TOKENS = 1024
+# an H200 host, Triton 3.6) against 70 us with pointers. Below this many multiply-adds
+# (M * N * K; 2**33 take about 25 us on an H100 or H200) the kernel is too short to hide that,
+# and at decode sizes reading the weights, not the load path, bounds it.
+TMA_MIN_WORK = 2 ** 33
 
 
 @functools.cache
@@ -43,10 +44,10 @@ def _storage_for_tma(t: torch.Tensor):
     return storage, transposed
 
 
-def _use_tma(a: torch.Tensor) -> bool:
-    """Tensor descriptors for 16-bit operands of many rows on Hopper or newer (and under the
-    interpreter, which runs them on the CPU, for tests that lower TMA_MIN_TOKENS)."""
-    if TensorDescriptor is None or a.shape[0] < TMA_MIN_TOKENS:
+def _use_tma(a: torch.Tensor, n: int) -> bool:
+    """Tensor descriptors for large GEMMs of 16-bit operands on Hopper or newer (and under the
+    interpreter, which runs them on the CPU, for tests that lower TMA_MIN_WORK)."""
+    if TensorDescriptor is None or a.shape[0] * a.shape[1] * n < TMA_MIN_WORK:
         return False
     if a.dtype not in (torch.float16, torch.bfloat16):
         return False
@@ -156,7 +157,8 @@ def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, c
     autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
     M, K = a.shape
     N = b_gate.shape[1]
-    if _use_tma(a) and _row_major_for_tma(a) and N * a.element_size() % _TMA_ALIGNMENT == 0:
+    use_tma = _use_tma(a, N)
+    if use_tma and _row_major_for_tma(a) and N * a.element_size() % _TMA_ALIGNMENT == 0:
         weights = _stacked_weights(b_gate, b_up)
         if weights is not None and (dy is None or _row_major_for_tma(dy)):
             _stacked_gemm(a, weights, y, gu, dy, epilogue, store_preact, fast_accum, config)
@@ -167,15 +169,15 @@ def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, c
         dy = y  # never read by the forward
     else:
         out_a, out_b, out_c = gu[:, :N], gu[:, N:], gu
+    # the two-MMA kernel takes descriptors for any row- or column-major operands whose two
+    # weights share a layout; pointers otherwise
     a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
-    use_tma, a_transposed, b_transposed = False, False, False
-    if _use_tma(a):
-        a_storage, g_storage, u_storage = (_storage_for_tma(t) for t in (a, b_gate, b_up))
-        if (a_storage and g_storage and u_storage and g_storage[1] == u_storage[1]):
-            use_tma = True
-            a_arg, a_transposed = _descriptor(a_storage[0]), a_storage[1]
-            b_gate_arg, b_transposed = _descriptor(g_storage[0]), g_storage[1]
-            b_up_arg = _descriptor(u_storage[0])
+    a_transposed, b_transposed = False, False
+    storages = [_storage_for_tma(t) for t in (a, b_gate, b_up)] if use_tma else [None]
+    use_tma = all(storages) and storages[1][1] == storages[2][1]
+    if use_tma:
+        (a_storage, a_transposed), (g_storage, b_transposed), (u_storage, _) = storages
+        a_arg, b_gate_arg, b_up_arg = (_descriptor(t) for t in (a_storage, g_storage, u_storage))
 
     def grid(meta):
         return (_cdiv(M, meta["BLOCK_M"]) * _cdiv(N, meta["BLOCK_N"]),)
