@@ -96,13 +96,12 @@ def dual_gemm_configs():
 
 
 def stacked_gemm_configs():
-    """Tiles for the stacked kernel: BLOCK_N is each weight's share of the 2 * BLOCK_N-wide MMA.
-    (128, 128, 64) in 3 stages matched the cuBLAS GEMM on an H200 (NOTES.md, v5); the narrower
-    tile is for problems with few tiles per multiprocessor. Float32 accumulators only: Hopper's
-    tensor cores run float16 accumulation at the same rate, and with both kinds in the search
-    the autotuner's pick between equals was left to timing noise (once 12% slower)."""
-    tiles = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)]
-    return [make_config(*tile, pre_hook=set_stacked_descriptor_blocks) for tile in tiles]
+    """The stacked kernel's one configuration (BLOCK_N is each weight's share of the
+    2 * BLOCK_N-wide MMA): (128, 128, 64) in 3 stages matched the cuBLAS GEMM on an H200, and
+    every other tile measured was 2-35% slower on every shape (NOTES.md, v5), so there is
+    nothing to tune and no timing noise to pick a worse one. Float32 accumulators only:
+    Hopper's tensor cores run float16 accumulation at the same rate."""
+    return [make_config(128, 128, 64, 3, 8, pre_hook=set_stacked_descriptor_blocks)]
 
 
 def stacked_shared_memory(config) -> int:
