@@ -97,9 +97,9 @@ def dual_gemm_configs():
 
 def stacked_gemm_configs():
     """The stacked kernel's one configuration (BLOCK_N is each weight's share of the
-    2 * BLOCK_N-wide MMA): (128, 128, 64) in 3 stages matched the cuBLAS GEMM on an H200, and
-    every other tile measured was 2-35% slower on every shape (NOTES.md, v5), so there is
-    nothing to tune and no timing noise to pick a worse one. Float32 accumulators only:
+    2 * BLOCK_N-wide MMA): (128, 128, 64) in 3 stages matched the cuBLAS GEMM on an H200; the
+    other tiles measured were 2-35% slower, 4 stages and other GROUP_M within noise (NOTES.md,
+    v5). One configuration leaves no timing noise to pick a worse one. Float32 accumulators only:
     Hopper's tensor cores run float16 accumulation at the same rate."""
     return [make_config(128, 128, 64, 3, 8, pre_hook=set_stacked_descriptor_blocks)]
 
