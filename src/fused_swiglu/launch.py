@@ -125,20 +125,20 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
     kernel[grid](*args, **flags, **launch_kwargs)
 
 
-def _stacked_gemm(a, weights, y, gu, dy, epilogue, store_preact, fast_accum, config):
-    """The stacked kernel's launch; `weights` is _stacked_weights()'s answer."""
+def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, fast_accum, config):
+    """The stacked kernel's launch; `weights` is _stacked_weights()'s answer, the other
+    arguments are _dual_gemm's."""
     M, K = a.shape
-    N = weights[0].shape[1]
     w_arg, up_first = weights
     # [g | u] (M, 2 N) seen as (M, 2, N): descriptor bounds then clip each half on its own
     gu_arg = _descriptor(gu.view(M, 2, N)) if gu is not None else None
+    m_bucket, num_sms = token_bucket(M), _num_sms(a.device)
     args = (_descriptor(a), w_arg, _descriptor(y) if y is not None else None, gu_arg,
             _descriptor(dy) if dy is not None else None,
-            M, N, K, token_bucket(M), _num_sms(a.device))
+            M, N, K, m_bucket, num_sms)
     flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
                  UP_FIRST=up_first)
-    key = ("stacked", token_bucket(M), N, K, a.dtype, epilogue, store_preact, fast_accum)
-    num_sms = args[-1]
+    key = ("stacked", m_bucket, N, K, a.dtype, epilogue, store_preact, fast_accum)
 
     def grid(meta):
         # persistent: one program per multiprocessor, fewer when there are fewer tiles
@@ -161,7 +161,7 @@ def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, c
     if use_tma and _row_major_for_tma(a) and N * a.element_size() % _TMA_ALIGNMENT == 0:
         weights = _stacked_weights(b_gate, b_up)
         if weights is not None and (dy is None or _row_major_for_tma(dy)):
-            _stacked_gemm(a, weights, y, gu, dy, epilogue, store_preact, fast_accum, config)
+            _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, fast_accum, config)
             return
     if epilogue == SWIGLU_FORWARD:
         out_a = y

@@ -1,8 +1,8 @@
 """The dual GEMM as one GEMM, for Hopper's tensor descriptors (TMA): a (2, N, K) descriptor
 stacks the two weights, so each k-step is ONE MMA of width 2 * BLOCK_N whose accumulator
-splits into g and u in the epilogue. Two half-width MMAs per k-step (kernels/dual_gemm.py) read
-every A tile twice from shared memory; measured on an H200 this kernel runs 1.0-1.02x the
-cuBLAS packed GEMM where the two-MMA kernel ran 1.05-1.10x (NOTES.md, v5).
+splits into g and u in the epilogue. With two half-width MMAs per k-step (kernels/dual_gemm.py)
+the forward ran 1.03-1.19x the cuBLAS packed GEMM on an H200 (geometric mean 1.08); this kernel
+runs 0.98-1.08x (geometric mean 1.01; NOTES.md, v5).
 
 A persistent grid walks the tiles in one flattened loop, so the compiler issues the next
 tile's loads before this tile's epilogue, and the epilogue stores through tensor descriptors."""
