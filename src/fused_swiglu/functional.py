@@ -19,7 +19,9 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
 
     Args:
         x: ``(..., d_model)``; any number of leading dimensions, zero tokens included.
-        w_gate, w_up: ``(d_model, d_ff)`` with any strides, e.g. ``linear.weight.T``.
+        w_gate, w_up: ``(d_model, d_ff)`` with any strides. ``linear.weight.T`` of two
+            ``nn.Linear`` layers (separate or sharing one buffer) is the fastest layout on
+            Hopper: one tensor descriptor then spans both weights (README, "Kernel paths").
         fast_accum: float16 only: allow the projections to accumulate in float16. The
             autotuner uses float16 accumulators for a shape where they run faster on this GPU
             and float32 ones otherwise; precision is at worst float16 accumulation. Gradients
