@@ -8,7 +8,6 @@ Triton reaches on one GEMM, without the SwiGLU epilogue) and the dual GEMM with 
 MMAs per k-step, persistent or not, storing through tensor descriptors: the comparison that
 led to the stacked kernel (NOTES.md, v5)."""
 
-import statistics
 import sys
 
 import torch
@@ -17,13 +16,12 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from fused_swiglu import launch
-from fused_swiglu.bench import linear_layout_operands
+from fused_swiglu.bench import interleaved_medians, linear_layout_operands, median_ms
 from fused_swiglu.kernels.common import grouped_tile, silu
 from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
 from fused_swiglu.tuning import make_config
 
 SHAPES = [(8192, 4096, 11008), (8192, 4096, 14336), (4096, 8192, 28672), (8192, 2048, 5632)]
-ROUNDS = 3
 
 
 @triton.jit
@@ -175,13 +173,7 @@ def main(name):
         if not err < 1e-2:
             print(f"  M={m} {d_model}x{d_ff}: WRONG, relative error {err}")
             continue
-        fns = {"cuBLAS": lambda: x @ packed, name: run}
-        samples = {k: [] for k in fns}
-        for _ in range(ROUNDS):
-            for k, fn in fns.items():
-                samples[k].append(triton.testing.do_bench(fn, warmup=10, rep=40,
-                                                          return_mode="median"))
-        ms = {k: statistics.median(v) for k, v in samples.items()}
+        ms = interleaved_medians(median_ms, {"cuBLAS": lambda: x @ packed, name: run})
         print(f"  M={m} {d_model}x{d_ff}: cuBLAS {ms['cuBLAS']:.3f} ms, {name} {ms[name]:.3f} ms"
               f" = {ms[name] / ms['cuBLAS']:.3f}x")
 

@@ -1,14 +1,14 @@
-"""Forward dual-GEMM configurations timed against the cuBLAS packed GEMM, interleaved, on the
-benchmark's large shapes. GPU only: python benchmarks/sweep_forward.py"""
+"""Configurations of the forward's stacked kernel (nn.Linear-layout weights) timed against the
+cuBLAS packed GEMM, interleaved, on the benchmark's large shapes. GPU only:
+python benchmarks/sweep_forward.py [IR_FOLDER]"""
 
-import statistics
 import sys
 
 import torch
 import triton
 
 from fused_swiglu import launch
-from fused_swiglu.bench import linear_layout_operands
+from fused_swiglu.bench import interleaved_medians, linear_layout_operands, median_ms
 from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
 from fused_swiglu.kernels.stacked_gemm import stacked_gemm_kernel
 from fused_swiglu.tuning import make_config
@@ -26,7 +26,6 @@ CONFIGS = {
     "128x128x64 s3 g8 again": make_config(128, 128, 64, 3, 8),
 }
 WITH_PREACT = ("128x128x64 s3 g8", "128x64x64 s4 g8 w4")
-ROUNDS = 3
 
 
 def main():
@@ -55,12 +54,7 @@ def main():
             if name in WITH_PREACT:
                 fns[name + " +g,u"] = lambda run=run: run(store=True)
         fns["cuBLAS packed again"] = lambda: x @ packed
-        samples = {k: [] for k in fns}
-        for _ in range(ROUNDS):
-            for k, fn in fns.items():
-                samples[k].append(triton.testing.do_bench(fn, warmup=10, rep=40,
-                                                          return_mode="median"))
-        ms = {k: statistics.median(v) for k, v in samples.items()}
+        ms = interleaved_medians(median_ms, fns)
         bound = ms["cuBLAS packed"]
         print(f"\nM={m} d_model={d_model} d_ff={d_ff}: cuBLAS {bound:.3f} ms")
         for k, v in sorted(ms.items(), key=lambda kv: kv[1]):

@@ -68,7 +68,7 @@ def implementations(dtype):
 ROUNDS = 3
 
 
-def _median_ms(fn):
+def median_ms(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=25, return_mode="median")
 
 
@@ -86,7 +86,8 @@ def _no_grad(fn):
     return run
 
 
-def _interleaved_medians(timer, fns):
+def interleaved_medians(timer, fns):
+    """{name: median ms of fn over ROUNDS rounds}, each round timing every fn once."""
     samples = {name: [] for name in fns}
     for _ in range(ROUNDS):
         for name, fn in fns.items():
@@ -139,11 +140,11 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     w_up.requires_grad_(with_backward)
     fwd = {BOUND: _no_grad(lambda: x @ packed)}
     fwd.update({name: _no_grad(lambda fn=fn: fn(x, w_gate, w_up)) for name, fn in impls.items()})
-    fwd_ms = _interleaved_medians(_median_ms if with_backward else _graph_median_ms, fwd)
+    fwd_ms = interleaved_medians(median_ms if with_backward else _graph_median_ms, fwd)
     del packed
     fwd_bwd_ms = {}
     if with_backward:
-        fwd_bwd_ms = _interleaved_medians(_median_ms, {
+        fwd_bwd_ms = interleaved_medians(median_ms, {
             name: lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy)
             for name, fn in impls.items()})
         fwd_bwd_ms[BOUND] = 3 * fwd_ms[BOUND]
@@ -171,7 +172,7 @@ def copy_bandwidth_gbs():
     """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
     src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = _median_ms(lambda: dst.copy_(src))
+    ms = median_ms(lambda: dst.copy_(src))
     return 2 * src.numel() / ms * 1e-6
 
 
