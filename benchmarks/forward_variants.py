@@ -19,7 +19,7 @@ from fused_swiglu import launch
 from fused_swiglu.bench import interleaved_medians, linear_layout_operands, median_ms
 from fused_swiglu.kernels.common import grouped_tile, silu
 from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
-from fused_swiglu.tuning import make_config
+from fused_swiglu.tuning import make_stacked_config
 
 SHAPES = [(8192, 4096, 11008), (8192, 4096, 14336), (4096, 8192, 28672), (8192, 2048, 5632)]
 
@@ -132,7 +132,7 @@ def dual_store(bm, bn, bk, stages, warps, persistent, subtile, warp_specialize=F
 
 def package(bm, bn, bk, stages, warps):
     def build(x, w_gate, w_up, packed, y):
-        config = make_config(bm, bn, bk, stages, warps)
+        config = make_stacked_config(bm, bn, bk, stages, warps)
 
         def run():
             launch._dual_gemm(x, w_gate, w_up, y, None, None, SWIGLU_FORWARD, False, False,

@@ -1,5 +1,6 @@
 """Where the host time of one call goes. GPU only: python benchmarks/probe_launch.py"""
 
+import sys
 import time
 
 import torch
@@ -97,8 +98,32 @@ def memory_and_time():
         b._print_rows(b.bench_shape(m, d_model, d_ff, torch.bfloat16, impls))
 
 
+def cprofile(m, d_model=4096, d_ff=11008, calls=100):
+    """Python's profiler over forward+backward calls: which host functions the time goes to."""
+    import cProfile
+    import pstats
+    x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
+    for t in (x, w_gate, w_up):
+        t.requires_grad_(True)
+    dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
+    for _ in range(3):
+        torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)
+    torch.cuda.synchronize()
+    profiler.disable()
+    print(f"\ncProfile, {calls} forward+backward calls, M={m} d_model={d_model} d_ff={d_ff}")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
 if __name__ == "__main__":
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    if sys.argv[1:] == ["cprofile"]:
+        cprofile(512)
+        sys.exit()
     layers(4096)
     layers(512)
     profile(512)

@@ -11,19 +11,19 @@ from fused_swiglu import launch
 from fused_swiglu.bench import interleaved_medians, linear_layout_operands, median_ms
 from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
 from fused_swiglu.kernels.stacked_gemm import stacked_gemm_kernel
-from fused_swiglu.tuning import make_config
+from fused_swiglu.tuning import make_stacked_config
 
 SHAPES = [(8192, 4096, 11008), (8192, 4096, 14336), (4096, 8192, 28672), (8192, 2048, 5632)]
 # stacked-kernel tiles: BLOCK_N is each weight's share of the 2 * BLOCK_N-wide MMA
 CONFIGS = {
-    "128x128x64 s3 g8": make_config(128, 128, 64, 3, 8),
-    "128x128x64 s3 g4": make_config(128, 128, 64, 3, 8, group_m=4),
-    "128x128x64 s3 g16": make_config(128, 128, 64, 3, 8, group_m=16),
-    "128x64x64 s4 g8 w4": make_config(128, 64, 64, 4, 4),
-    "128x64x64 s4 g8 w8": make_config(128, 64, 64, 4, 8),
-    "128x128x128 s2 g8": make_config(128, 128, 128, 2, 8),
+    "128x128x64 s3 g8": make_stacked_config(128, 128, 64, 3, 8),
+    "128x128x64 s3 g4": make_stacked_config(128, 128, 64, 3, 8, group_m=4),
+    "128x128x64 s3 g16": make_stacked_config(128, 128, 64, 3, 8, group_m=16),
+    "128x64x64 s4 g8 w4": make_stacked_config(128, 64, 64, 4, 4),
+    "128x64x64 s4 g8 w8": make_stacked_config(128, 64, 64, 4, 8),
+    "128x128x128 s2 g8": make_stacked_config(128, 128, 128, 2, 8),
     # the first one again: how far two timings of one kernel fall apart
-    "128x128x64 s3 g8 again": make_config(128, 128, 64, 3, 8),
+    "128x128x64 s3 g8 again": make_stacked_config(128, 128, 64, 3, 8),
 }
 WITH_PREACT = ("128x128x64 s3 g8", "128x64x64 s4 g8 w4")
 

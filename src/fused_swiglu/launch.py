@@ -65,14 +65,14 @@ def _descriptor(storage: torch.Tensor):
 _TMA_STRIDE_LIMIT = 1 << 40
 
 
-def _stacked_weights(b_gate, b_up):
-    """(descriptor of both weights as one (2, N, K) tensor, whether up comes first), or None.
+def _stacked_weights(gate, up):
+    """(descriptor of both weights as one (2, N, K) tensor, whether up comes first), or None;
+    `gate` and `up` are _storage_for_tma() of the two weights.
 
-    Works where both are nn.Linear weights, i.e. b_gate and b_up are transposed views of
+    Works where both are nn.Linear weights, i.e. the weights are transposed views of
     row-major (N, K) storages with the same row stride: the outer stride of the descriptor is
     the distance between the two storages, wherever each lives, taken from the lower one so
     that it is positive. Storages that overlap (interleaved rows) are left to the other path."""
-    gate, up = _storage_for_tma(b_gate), _storage_for_tma(b_up)
     if not (gate and up and gate[1] and up[1] and gate[0].stride() == up[0].stride()):
         return None
     gate, up = gate[0], up[0]
@@ -125,7 +125,7 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
     kernel[grid](*args, **flags, **launch_kwargs)
 
 
-def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, fast_accum, config):
+def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, config):
     """The stacked kernel's launch; `weights` is _stacked_weights()'s answer, the other
     arguments are _dual_gemm's."""
     M, K = a.shape
@@ -136,9 +136,9 @@ def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, fast_accum, 
     args = (_descriptor(a), w_arg, _descriptor(y) if y is not None else None, gu_arg,
             _descriptor(dy) if dy is not None else None,
             M, N, K, m_bucket, num_sms)
-    flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
-                 UP_FIRST=up_first)
-    key = ("stacked", m_bucket, N, K, a.dtype, epilogue, store_preact, fast_accum)
+    # float32 accumulation only: fast_accum changes nothing here
+    flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, UP_FIRST=up_first)
+    key = ("stacked", m_bucket, N, K, a.dtype, epilogue, store_preact)
 
     def grid(meta):
         # persistent: one program per multiprocessor, fewer when there are fewer tiles
@@ -146,7 +146,7 @@ def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, fast_accum, 
         return (min(num_sms, tiles),)
 
     _launch_tuned(tuned_stacked_gemm, stacked_gemm_kernel, key, True, grid, args, flags,
-                  fast_accum, config, set_stacked_descriptor_blocks)
+                  False, config, set_stacked_descriptor_blocks)
 
 
 def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, config=None):
@@ -157,11 +157,14 @@ def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, c
     autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
     M, K = a.shape
     N = b_gate.shape[1]
-    use_tma = _use_tma(a, N)
-    if use_tma and _row_major_for_tma(a) and N * a.element_size() % _TMA_ALIGNMENT == 0:
-        weights = _stacked_weights(b_gate, b_up)
-        if weights is not None and (dy is None or _row_major_for_tma(dy)):
-            _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, fast_accum, config)
+    # (storage, transposed) of each operand for tensor descriptors; None where they are not
+    # used or cannot describe it
+    storages = [_storage_for_tma(t) for t in (a, b_gate, b_up)] if _use_tma(a, N) else [None]
+    if (storages[0] and not storages[0][1] and N * a.element_size() % _TMA_ALIGNMENT == 0
+            and (dy is None or _row_major_for_tma(dy))):
+        weights = _stacked_weights(storages[1], storages[2])
+        if weights is not None:
+            _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, config)
             return
     if epilogue == SWIGLU_FORWARD:
         out_a = y
@@ -173,7 +176,6 @@ def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, c
     # weights share a layout; pointers otherwise
     a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
     a_transposed, b_transposed = False, False
-    storages = [_storage_for_tma(t) for t in (a, b_gate, b_up)] if use_tma else [None]
     use_tma = all(storages) and storages[1][1] == storages[2][1]
     if use_tma:
         (a_storage, a_transposed), (g_storage, b_transposed), (u_storage, _) = storages

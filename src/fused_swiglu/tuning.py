@@ -45,11 +45,18 @@ def set_stacked_descriptor_blocks(nargs):
             nargs[name].block_shape = block
 
 
-def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False,
-                pre_hook=set_descriptor_blocks):
+def make_config(bm, bn, bk, stages, warps, group_m=8, fp16_acc=False):
+    """A configuration of the two-MMA kernel."""
     return triton.Config(
         {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FP16_ACC": fp16_acc},
-        num_stages=stages, num_warps=warps, pre_hook=pre_hook)
+        num_stages=stages, num_warps=warps, pre_hook=set_descriptor_blocks)
+
+
+def make_stacked_config(bm, bn, bk, stages, warps, group_m=8):
+    """A configuration of the stacked kernel, which accumulates in float32 only."""
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                         num_stages=stages, num_warps=warps,
+                         pre_hook=set_stacked_descriptor_blocks)
 
 
 def with_launch_kwargs(config):
@@ -60,10 +67,9 @@ def with_launch_kwargs(config):
 @functools.cache
 def _interpreter_config(fast_accum: bool, stacked: bool):
     # small tiles so that the CPU tests cover several tiles and ragged tails
-    # (the stacked kernel has float32 accumulators only, as on a GPU)
-    hook = set_stacked_descriptor_blocks if stacked else set_descriptor_blocks
-    return with_launch_kwargs(make_config(32, 32, 32, 1, 4, group_m=2,
-                                          fp16_acc=fast_accum and not stacked, pre_hook=hook))
+    if stacked:
+        return with_launch_kwargs(make_stacked_config(32, 32, 32, 1, 4, group_m=2))
+    return with_launch_kwargs(make_config(32, 32, 32, 1, 4, group_m=2, fp16_acc=fast_accum))
 
 
 def dual_gemm_configs():
@@ -86,6 +92,11 @@ def dual_gemm_configs():
         (32, 32, 256, 3, 4),
         (32, 64, 128, 4, 4),
         (32, 16, 256, 4, 4),
+        # two warps per program: more programs resident per multiprocessor. At 32 tokens
+        # these ran 0.99-1.04x the cuBLAS packed GEMM where the four-warp tiles ran 1.03-1.22x
+        # (NOTES.md, v6)
+        (32, 32, 128, 3, 2),
+        (32, 16, 256, 3, 2),
         # float32 operands run on FMA units (full precision), where small tiles win
         (64, 64, 32, 2, 4),
         (32, 64, 32, 2, 4),
@@ -100,8 +111,9 @@ def stacked_gemm_configs():
     2 * BLOCK_N-wide MMA): (128, 128, 64) in 3 stages matched the cuBLAS GEMM on an H200; the
     other tiles measured were 2-35% slower, 4 stages and other GROUP_M within noise (NOTES.md,
     v5). One configuration leaves no timing noise to pick a worse one. Float32 accumulators only:
-    Hopper's tensor cores run float16 accumulation at the same rate."""
-    return [make_config(128, 128, 64, 3, 8, pre_hook=set_stacked_descriptor_blocks)]
+    Hopper's tensor cores run float16 accumulation at the same rate, and with float16 ones in
+    the search the autotuner once picked a 12% slower one on timing noise."""
+    return [make_stacked_config(128, 128, 64, 3, 8)]
 
 
 def stacked_shared_memory(config) -> int:

@@ -23,6 +23,13 @@ def silu_grad(x):
 
 
 @triton.jit
+def swiglu_grads(dy, gate, up):
+    """(dg, du) of y = silu(g) * u from float32 dy, g and u: dg = dy * u * silu'(g) and
+    du = dy * silu(g)."""
+    return dy * up * silu_grad(gate), dy * silu(gate)
+
+
+@triton.jit
 def mma(a, b, acc, ACC_DTYPE: tl.constexpr):
     """acc += a @ b, accumulating in ACC_DTYPE; float32 operands stay in full precision."""
     if INTERPRETING:

@@ -4,7 +4,7 @@ of A, and an epilogue turns the pair into the SwiGLU output or its gradients."""
 import triton
 import triton.language as tl
 
-from .common import grouped_tile, load_tile, mma, silu, silu_grad
+from .common import grouped_tile, load_tile, mma, silu, swiglu_grads
 
 # Epilogues (values of EPILOGUE).
 SWIGLU_FORWARD = 0  # out_a = silu(g) * u; with STORE_PREACT also out_b = g, out_c = u
@@ -71,7 +71,6 @@ def dual_gemm_kernel(
         up = up.to(out_a.dtype.element_ty).to(tl.float32)
         dy_tile = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
                           mask=mask, other=0.0).to(tl.float32)
-        d_gate = dy_tile * up * silu_grad(gate)
-        d_up = dy_tile * silu(gate)
+        d_gate, d_up = swiglu_grads(dy_tile, gate, up)
         tl.store(out_a + a_offsets, d_gate.to(out_a.dtype.element_ty), mask=mask)
         tl.store(out_b + b_offsets, d_up.to(out_b.dtype.element_ty), mask=mask)

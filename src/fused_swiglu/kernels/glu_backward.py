@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 
-from .common import silu, silu_grad
+from .common import swiglu_grads
 
 
 @triton.jit
@@ -26,6 +26,7 @@ def glu_backward_kernel(
                    mask=mask, other=0.0).to(tl.float32)
     g = tl.load(preact + offsets, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(preact + up_offsets, mask=mask, other=0.0).to(tl.float32)
+    d_gate, d_up = swiglu_grads(grad, g, u)
     out_dtype = grads.dtype.element_ty
-    tl.store(grads + offsets, (grad * u * silu_grad(g)).to(out_dtype), mask=mask)
-    tl.store(grads + up_offsets, (grad * silu(g)).to(out_dtype), mask=mask)
+    tl.store(grads + offsets, d_gate.to(out_dtype), mask=mask)
+    tl.store(grads + up_offsets, d_up.to(out_dtype), mask=mask)

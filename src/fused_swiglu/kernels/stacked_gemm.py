@@ -10,7 +10,7 @@ tile's loads before this tile's epilogue, and the epilogue stores through tensor
 import triton
 import triton.language as tl
 
-from .common import grouped_tile, mma, silu, silu_grad
+from .common import grouped_tile, mma, silu, swiglu_grads
 
 
 @triton.jit
@@ -30,23 +30,21 @@ def stacked_gemm_kernel(
     a, w, y, gu, dy,
     M, N, K, M_BUCKET, NUM_SMS,
     # the same meaning as dual_gemm_kernel's
-    EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
-    UP_FIRST: tl.constexpr,
+    EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, UP_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FP16_ACC: tl.constexpr,
 ):
-    ACC_DTYPE: tl.constexpr = tl.float16 if FP16_ACC else tl.float32
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     # the epilogue keeps its own tile counter, one tile behind the loads': with the two
     # independent, the flattened loop can prefetch the next tile while this one is stored
     tile_stored = tl.program_id(0) - NUM_SMS
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=ACC_DTYPE)
+        # float32 accumulators only: Hopper's tensor cores run float16 ones no faster
+        acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
         for k in range(tl.cdiv(K, BLOCK_K)):
             a_tile = a.load([pid_m * BLOCK_M, k * BLOCK_K])
             w_tile = w.load([0, pid_n * BLOCK_N, k * BLOCK_K]).reshape(2 * BLOCK_N, BLOCK_K)
-            acc = mma(a_tile, w_tile.T, acc, ACC_DTYPE)
+            acc = mma(a_tile, w_tile.T, acc, tl.float32)
 
         tile_stored += NUM_SMS
         pid_m, pid_n = grouped_tile(tile_stored, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -58,14 +56,12 @@ def stacked_gemm_kernel(
         else:
             gate, up = left, right
         if EPILOGUE == 0:
-            y.store([off_m, off_n], (silu(gate.to(tl.float32)) * up.to(tl.float32))
-                    .to(y.dtype))
+            y.store([off_m, off_n], (silu(gate) * up).to(y.dtype))
             if STORE_PREACT:
                 _store_pair(gu, off_m, off_n, gate, up, BLOCK_M, BLOCK_N)
         else:
             # the backward sees g and u rounded to the storage dtype, as a stored forward would
             gate = gate.to(gu.dtype).to(tl.float32)
             up = up.to(gu.dtype).to(tl.float32)
-            dy_tile = dy.load([off_m, off_n]).to(tl.float32)
-            _store_pair(gu, off_m, off_n, dy_tile * up * silu_grad(gate), dy_tile * silu(gate),
-                        BLOCK_M, BLOCK_N)
+            d_gate, d_up = swiglu_grads(dy.load([off_m, off_n]).to(tl.float32), gate, up)
+            _store_pair(gu, off_m, off_n, d_gate, d_up, BLOCK_M, BLOCK_N)
