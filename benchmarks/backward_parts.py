@@ -28,12 +28,16 @@ def parts(m, d_model, d_ff, dtype):
     d_gate_c, d_up_c = d_gate.contiguous(), d_up.contiguous()
     packed_t = torch.cat([w_gate.T, w_up.T])  # (2 d_ff, d_model), for a one-GEMM dx
     fns = {
+        "training forward: ours (y and [g|u])": lambda: launch.swiglu_forward(
+            x, w_gate, w_up, False, True),
         "gate grads: ours (in place, [g|u])": lambda: launch.swiglu_grad_from_preact(
             dy, preact, out=grads),
     }
     try:
-        from liger_kernel.ops.swiglu import swiglu_backward
+        from liger_kernel.ops.swiglu import swiglu_backward, swiglu_forward
         a, b = gate.clone(), up.clone()
+        fns["training forward: liger (2 mm, silu-mul)"] = lambda: swiglu_forward(
+            torch.mm(x, w_gate), torch.mm(x, w_up))
         fns["gate grads: liger (in place, g and u)"] = lambda: swiglu_backward(a, b, dy)
     except ImportError:
         pass

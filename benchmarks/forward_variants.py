@@ -89,6 +89,104 @@ def dual_gemm_store_kernel(a_desc, g_desc, u_desc, y_desc, M, N, K,
         _store_tile(y_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, y, BLOCK_M, BLOCK_N, SUBTILE)
 
 
+@triton.jit
+def stacked_store_kernel(a_desc, w_desc, y_desc, gu_desc, M, N, K,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr,
+                         STORE_PREACT: tl.constexpr, ONE_GU_STORE: tl.constexpr,
+                         WARP_SPECIALIZE: tl.constexpr, y_ptr, gu_ptr,
+                         POINTER_STORES: tl.constexpr):
+    """The package's stacked kernel (gate first in memory), forward only, with variants of
+    its epilogue: [g | u] stored as one (BLOCK_M, 2, BLOCK_N) block straight from the
+    accumulator, or as two tiles after the split (as the package does); warp specialization;
+    stores from registers through pointers (no shared-memory staging) for [g | u] (1) or for
+    y too (2)."""
+    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    tile_c = tl.program_id(0) - NUM_SMS
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True,
+                         warp_specialize=WARP_SPECIALIZE):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+        for k in range(tl.cdiv(K, BLOCK_K)):
+            a = a_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+            w = w_desc.load([0, pid_n * BLOCK_N, k * BLOCK_K]).reshape(2 * BLOCK_N, BLOCK_K)
+            acc = tl.dot(a, w.T, acc)
+        tile_c += NUM_SMS
+        pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        pair = tl.reshape(acc, (BLOCK_M, 2, BLOCK_N))
+        gate, up = tl.split(tl.permute(pair, (0, 2, 1)))
+        rows = off_m.to(tl.int64) + tl.arange(0, BLOCK_M)
+        cols = off_n + tl.arange(0, BLOCK_N)
+        mask = (rows[:, None] < M) & (cols[None, :] < N)
+        if POINTER_STORES == 2:
+            tl.store(y_ptr + rows[:, None] * N + cols[None, :],
+                     (silu(gate) * up).to(y_desc.dtype), mask=mask)
+        else:
+            y_desc.store([off_m, off_n], (silu(gate) * up).to(y_desc.dtype))
+        if STORE_PREACT and POINTER_STORES > 0:
+            offsets = rows[:, None] * (2 * N) + cols[None, :]
+            tl.store(gu_ptr + offsets, gate.to(gu_desc.dtype), mask=mask)
+            tl.store(gu_ptr + offsets + N, up.to(gu_desc.dtype), mask=mask)
+        elif STORE_PREACT:
+            if ONE_GU_STORE:
+                gu_desc.store([off_m, 0, off_n], pair.to(gu_desc.dtype))
+            else:
+                dtype: tl.constexpr = gu_desc.dtype
+                gu_desc.store([off_m, 0, off_n], gate.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
+                gu_desc.store([off_m, 1, off_n], up.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
+
+
+def stacked_store(store_preact, one_gu_store, warp_specialize, bm=128, bn=128, bk=64, stages=3,
+                  warps=8, pointer_stores=0):
+    def build(x, w_gate, w_up, packed, y):
+        m, k = x.shape
+        n = w_gate.shape[1]
+        gate, up = w_gate.T, w_up.T
+        assert gate.data_ptr() < up.data_ptr()
+        distance = (up.data_ptr() - gate.data_ptr()) // gate.element_size()
+        w_desc = TensorDescriptor(gate, [2, n, k], [distance, k, 1], [2, bn, bk])
+        a_desc = TensorDescriptor.from_tensor(x, [bm, bk])
+        y_desc = TensorDescriptor.from_tensor(y, [bm, bn])
+        preact = torch.empty(m, 2 * n, device=x.device, dtype=x.dtype)
+        gu_desc = TensorDescriptor.from_tensor(preact.view(m, 2, n),
+                                               [bm, 2 if one_gu_store else 1, bn])
+        grid = (min(_num_sms(), -(-m // bm) * -(-n // bn)),)
+
+        def run():
+            stacked_store_kernel[grid](a_desc, w_desc, y_desc, gu_desc, m, n, k, bm, bn, bk, 8,
+                                       _num_sms(), store_preact, one_gu_store, warp_specialize,
+                                       y, preact, pointer_stores,
+                                       num_stages=stages, num_warps=warps)
+
+        def result():
+            if not store_preact:
+                return y
+            # y and [g | u] checked together
+            return torch.cat([y, preact], dim=1)
+
+        def reference():
+            g, u = (x @ w_gate).float(), (x @ w_up).float()
+            ref = torch.nn.functional.silu(g) * u
+            return torch.cat([ref, g, u], dim=1) if store_preact else ref
+        return run, result, reference
+    return build
+
+
+def package_training(x, w_gate, w_up, packed, y):
+    """The package's training forward: y and [g | u]."""
+    out = {}
+
+    def run():
+        out["y"], out["preact"] = launch.swiglu_forward(x, w_gate, w_up, False, True)
+
+    def reference():
+        g, u = (x @ w_gate).float(), (x @ w_up).float()
+        return torch.cat([torch.nn.functional.silu(g) * u, g, u], dim=1)
+    return run, lambda: torch.cat([out["y"], out["preact"]], dim=1), reference
+
+
 def _num_sms():
     return torch.cuda.get_device_properties(0).multi_processor_count
 
@@ -152,6 +250,18 @@ VARIANTS = {
     "dual_p_store_s3": dual_store(128, 128, 64, 3, 8, True, True),
     "dual_p_store_s4": dual_store(128, 128, 64, 4, 8, True, True),
     "dual_p_store_s3_ws": dual_store(128, 128, 64, 3, 8, True, True, warp_specialize=True),
+    # the stacked kernel's epilogue (NOTES.md, v6)
+    "package_training": package_training,
+    "stacked_y": stacked_store(False, False, False),
+    "stacked_y_ws": stacked_store(False, False, True),
+    "stacked_train_two_stores": stacked_store(True, False, False),
+    "stacked_train_pointer_gu": stacked_store(True, False, False, pointer_stores=1),
+    "stacked_train_pointer_all": stacked_store(True, False, False, pointer_stores=2),
+    "stacked_train_pointer_all_s4": stacked_store(True, False, False, stages=4,
+                                                  pointer_stores=2),
+    "stacked_y_pointer": stacked_store(False, False, False, pointer_stores=2),
+    "stacked_train_k32_s5": stacked_store(True, False, False, bk=32, stages=5),
+    "stacked_train_one_store_s2": stacked_store(True, True, False, stages=2),
 }
 
 

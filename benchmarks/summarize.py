@@ -44,7 +44,9 @@ def main(paths):
         fwd = [by_key[(*s, OURS)]["fwd_vs_bound"] for s in train]
         print(f"\n{dtype}: {len(train)} shapes with M >= 4096, {len(mid) - len(train)} with "
               f"M = 512, {len(decode)} decode")
-        print(f"  1. forward / cuBLAS bound: geomean {geomean(fwd):.3f}, worst {max(fwd):.3f}")
+        if fwd:
+            print(f"  1. forward / cuBLAS bound: geomean {geomean(fwd):.3f}, "
+                  f"worst {max(fwd):.3f}")
         for peer in ("liger", "torch.compile"):
             speedups = [by_key[(*s, peer)]["fwd_bwd_ms"] / by_key[(*s, OURS)]["fwd_bwd_ms"]
                         for s in mid if (*s, peer) in by_key]

@@ -233,9 +233,13 @@ def write_plots(rows, folder: pathlib.Path, card: str):
         print("matplotlib not installed: no plots")
         return
     for dtype in sorted({r["dtype"] for r in rows}):
+        # training sizes only: decode rows have no backward
+        training = [r for r in rows if r["dtype"] == dtype and r["m"] >= 512]
+        if not training:
+            continue
         for column, title in (("fwd_ms", "forward"), ("fwd_bwd_ms", "forward+backward")):
-            _plot(plt, [r for r in rows if r["dtype"] == dtype and r["m"] >= 512],
-                  column, f"{dtype} {title} ({card})", folder / f"{dtype}_{column[:-3]}.png")
+            _plot(plt, training, column, f"{dtype} {title} ({card})",
+                  folder / f"{dtype}_{column[:-3]}.png")
 
 
 def _plot(plt, rows, column, title, path):
