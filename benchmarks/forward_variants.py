@@ -90,17 +90,23 @@ def dual_gemm_store_kernel(a_desc, g_desc, u_desc, y_desc, M, N, K,
 
 
 @triton.jit
+def _halves(tile, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The left and right (BLOCK_M, BLOCK_N // 2) halves of a tile."""
+    return tl.split(tl.permute(tl.reshape(tile, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+
+
+@triton.jit
 def stacked_store_kernel(a_desc, w_desc, y_desc, gu_desc, M, N, K,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr,
                          STORE_PREACT: tl.constexpr, ONE_GU_STORE: tl.constexpr,
                          WARP_SPECIALIZE: tl.constexpr, y_ptr, gu_ptr,
-                         POINTER_STORES: tl.constexpr):
+                         POINTER_STORES: tl.constexpr, SUBTILE: tl.constexpr):
     """The package's stacked kernel (gate first in memory), forward only, with variants of
     its epilogue: [g | u] stored as one (BLOCK_M, 2, BLOCK_N) block straight from the
     accumulator, or as two tiles after the split (as the package does); warp specialization;
     stores from registers through pointers (no shared-memory staging) for [g | u] (1) or for
-    y too (2)."""
+    y too (2); descriptor stores in half-width sub-tiles (smaller staging buffers)."""
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     tile_c = tl.program_id(0) - NUM_SMS
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True,
@@ -120,12 +126,27 @@ def stacked_store_kernel(a_desc, w_desc, y_desc, gu_desc, M, N, K,
         rows = off_m.to(tl.int64) + tl.arange(0, BLOCK_M)
         cols = off_n + tl.arange(0, BLOCK_N)
         mask = (rows[:, None] < M) & (cols[None, :] < N)
-        if POINTER_STORES == 2:
+        if SUBTILE:
+            half: tl.constexpr = BLOCK_N // 2
+            dtype: tl.constexpr = gu_desc.dtype
+            y0, y1 = _halves((silu(gate) * up).to(dtype), BLOCK_M, BLOCK_N)
+            y_desc.store([off_m, off_n], y0)
+            y_desc.store([off_m, off_n + half], y1)
+            if STORE_PREACT:
+                g0, g1 = _halves(gate.to(dtype), BLOCK_M, BLOCK_N)
+                gu_desc.store([off_m, 0, off_n], g0.reshape(BLOCK_M, 1, half))
+                gu_desc.store([off_m, 0, off_n + half], g1.reshape(BLOCK_M, 1, half))
+                u0, u1 = _halves(up.to(dtype), BLOCK_M, BLOCK_N)
+                gu_desc.store([off_m, 1, off_n], u0.reshape(BLOCK_M, 1, half))
+                gu_desc.store([off_m, 1, off_n + half], u1.reshape(BLOCK_M, 1, half))
+        elif POINTER_STORES == 2:
             tl.store(y_ptr + rows[:, None] * N + cols[None, :],
                      (silu(gate) * up).to(y_desc.dtype), mask=mask)
         else:
             y_desc.store([off_m, off_n], (silu(gate) * up).to(y_desc.dtype))
-        if STORE_PREACT and POINTER_STORES > 0:
+        if SUBTILE:
+            pass  # stored above
+        elif STORE_PREACT and POINTER_STORES > 0:
             offsets = rows[:, None] * (2 * N) + cols[None, :]
             tl.store(gu_ptr + offsets, gate.to(gu_desc.dtype), mask=mask)
             tl.store(gu_ptr + offsets + N, up.to(gu_desc.dtype), mask=mask)
@@ -139,7 +160,7 @@ def stacked_store_kernel(a_desc, w_desc, y_desc, gu_desc, M, N, K,
 
 
 def stacked_store(store_preact, one_gu_store, warp_specialize, bm=128, bn=128, bk=64, stages=3,
-                  warps=8, pointer_stores=0):
+                  warps=8, pointer_stores=0, subtile=False):
     def build(x, w_gate, w_up, packed, y):
         m, k = x.shape
         n = w_gate.shape[1]
@@ -148,16 +169,17 @@ def stacked_store(store_preact, one_gu_store, warp_specialize, bm=128, bn=128, b
         distance = (up.data_ptr() - gate.data_ptr()) // gate.element_size()
         w_desc = TensorDescriptor(gate, [2, n, k], [distance, k, 1], [2, bn, bk])
         a_desc = TensorDescriptor.from_tensor(x, [bm, bk])
-        y_desc = TensorDescriptor.from_tensor(y, [bm, bn])
+        store_n = bn // 2 if subtile else bn
+        y_desc = TensorDescriptor.from_tensor(y, [bm, store_n])
         preact = torch.empty(m, 2 * n, device=x.device, dtype=x.dtype)
         gu_desc = TensorDescriptor.from_tensor(preact.view(m, 2, n),
-                                               [bm, 2 if one_gu_store else 1, bn])
+                                               [bm, 2 if one_gu_store else 1, store_n])
         grid = (min(_num_sms(), -(-m // bm) * -(-n // bn)),)
 
         def run():
             stacked_store_kernel[grid](a_desc, w_desc, y_desc, gu_desc, m, n, k, bm, bn, bk, 8,
                                        _num_sms(), store_preact, one_gu_store, warp_specialize,
-                                       y, preact, pointer_stores,
+                                       y, preact, pointer_stores, subtile,
                                        num_stages=stages, num_warps=warps)
 
         def result():
@@ -262,6 +284,12 @@ VARIANTS = {
     "stacked_y_pointer": stacked_store(False, False, False, pointer_stores=2),
     "stacked_train_k32_s5": stacked_store(True, False, False, bk=32, stages=5),
     "stacked_train_one_store_s2": stacked_store(True, True, False, stages=2),
+    "stacked_train_subtile": stacked_store(True, False, False, subtile=True),
+    "stacked_y_subtile": stacked_store(False, False, False, subtile=True),
+    "stacked_train_m64_s4": stacked_store(True, False, False, bm=64, stages=4, warps=4),
+    "stacked_y_m64_s4": stacked_store(False, False, False, bm=64, stages=4, warps=4),
+    "stacked_train_n64_s4": stacked_store(True, False, False, bn=64, stages=4, warps=4),
+    "stacked_train_n64_s4_w8": stacked_store(True, False, False, bn=64, stages=4),
 }
 
 

@@ -48,6 +48,9 @@ def layers(m, d_model=2048, d_ff=5632):
          lambda: torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)),
         ("liger fwd+bwd", lambda: torch.autograd.grad(
             LigerSiLUMulFunction.apply(x @ w_gate, x @ w_up), (x, w_gate, w_up), dy)),
+        ("eager fwd+bwd", lambda: torch.autograd.grad(
+            torch.nn.functional.silu(x @ w_gate) * (x @ w_up), (x, w_gate, w_up), dy)),
+        ("empty Python node fwd+bwd", lambda: torch.autograd.grad(_Nothing.apply(x), (x,), x)),
     ]
     w_gate.requires_grad_(True)
     w_up.requires_grad_(True)
@@ -123,6 +126,10 @@ if __name__ == "__main__":
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     if sys.argv[1:] == ["cprofile"]:
         cprofile(512)
+        sys.exit()
+    if sys.argv[1:] == ["host"]:
+        layers(512, 4096, 11008)
+        layers(512)
         sys.exit()
     layers(4096)
     layers(512)
