@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fused_swiglu.tuning import (SHARED_MEMORY_LIMIT, _prune, dual_gemm_configs,
-                                 stacked_gemm_configs, stacked_shared_memory, token_bucket)
+                                 stacked_gemm_configs, stacked_shared_memory, token_bucket,
+                                 untimed_config)
 
 
 def kept(dtype, m_bucket, fast_accum):
@@ -58,3 +59,16 @@ def test_stacked_kernel_configurations():
     assert configs
     for c in configs:
         assert stacked_shared_memory(c) <= SHARED_MEMORY_LIMIT
+
+
+@pytest.mark.parametrize("dtype, m_bucket, tile", [
+    (torch.bfloat16, 1, (32, 32, 128)), (torch.bfloat16, 32, (32, 32, 128)),
+    (torch.bfloat16, 4096, (128, 128, 64)), (torch.float32, 4096, (64, 64, 32))])
+def test_untimed_configuration(dtype, m_bucket, tile):
+    # inside a CUDA-graph capture nothing is timed: the default must be one the pruning keeps
+    # for these arguments, with float32 accumulators
+    out = torch.empty(1, 1, dtype=dtype)
+    config = untimed_config(False, {"out_a": out, "M_BUCKET": m_bucket, "FAST_ACCUM": False})
+    assert tuple(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) == tile
+    assert not config.kwargs["FP16_ACC"]
+    assert untimed_config(True, {}) is not None

@@ -9,7 +9,7 @@ from .kernels.glu_backward import glu_backward_kernel
 from .kernels.stacked_gemm import stacked_gemm_kernel
 from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
                      set_stacked_descriptor_blocks, token_bucket, tuned_dual_gemm,
-                     tuned_stacked_gemm, with_launch_kwargs)
+                     tuned_stacked_gemm, untimed_config, with_launch_kwargs)
 
 try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -111,6 +111,11 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
     `config` (for benchmarks of configurations). set_blocks, None without tensor descriptors,
     gives the descriptors the configuration's block shapes."""
     chosen = with_launch_kwargs(config) if config else chosen_config(key, fast_accum, stacked)
+    if chosen is None and torch.cuda.is_current_stream_capturing():
+        # nothing can be timed while a CUDA graph is captured: launch a default configuration
+        # and remember nothing, so that the first call outside a capture still tunes
+        nargs = {**dict(zip(kernel.arg_names, args)), **flags}
+        chosen = with_launch_kwargs(untimed_config(stacked, nargs))
     if chosen is None:
         # first call for this problem: the autotuner times the configurations and launches
         tuner = tuned_kernel()

@@ -84,7 +84,12 @@ def dual_gemm_configs():
         (128, 256, 64, 2, 8),
         (256, 128, 64, 3, 8),
         # few tokens (decode): reading the weights is the cost, so many narrow column
-        # programs with deep K tiles keep enough bytes in flight
+        # programs with deep K tiles keep enough bytes in flight. Two warps per program put
+        # more programs on each multiprocessor: at 32 tokens these ran 0.99-1.04x the cuBLAS
+        # packed GEMM where the four-warp tiles ran 1.03-1.22x (NOTES.md, v6). The first is
+        # also the untimed default (untimed_config).
+        (32, 32, 128, 3, 2),
+        (32, 16, 256, 3, 2),
         (16, 16, 256, 4, 4),
         (16, 32, 256, 4, 4),
         (16, 64, 128, 4, 4),
@@ -92,11 +97,6 @@ def dual_gemm_configs():
         (32, 32, 256, 3, 4),
         (32, 64, 128, 4, 4),
         (32, 16, 256, 4, 4),
-        # two warps per program: more programs resident per multiprocessor. At 32 tokens
-        # these ran 0.99-1.04x the cuBLAS packed GEMM where the four-warp tiles ran 1.03-1.22x
-        # (NOTES.md, v6)
-        (32, 32, 128, 3, 2),
-        (32, 16, 256, 3, 2),
         # float32 operands run on FMA units (full precision), where small tiles win
         (64, 64, 32, 2, 4),
         (32, 64, 32, 2, 4),
@@ -155,6 +155,15 @@ def _graph_benchmark(kernel_call, quantiles):
     decode-sized kernel (tens of microseconds) measures the host's launch overhead instead, and
     the choice among configurations is left to chance."""
     return triton.testing.do_bench_cudagraph(kernel_call, rep=25, quantiles=quantiles)
+
+
+def untimed_config(stacked: bool, nargs: dict):
+    """The configuration to launch without timing any, for a first call inside a CUDA-graph
+    capture: the stacked kernel's one, or the first the pruning keeps for these arguments
+    (the first tile of the matching group in dual_gemm_configs)."""
+    if stacked:
+        return stacked_gemm_configs()[0]
+    return _prune(dual_gemm_configs(), nargs)[0]
 
 
 @functools.cache
