@@ -407,24 +407,27 @@ if ON_GPU:
     # the others the pointer kernel's decode tiles.
     FIRST_CALL_GRAPH_SHAPES = [(1, 320, 608), (24, 320, 608), (4096, 1536, 1376)]
 
-
     @pytest.mark.parametrize("m, d_model, d_ff", FIRST_CALL_GRAPH_SHAPES)
     def test_first_call_inside_cuda_graph_capture(m, d_model, d_ff):
         # nothing can be timed during a capture: the launch takes a default configuration, and
         # the graph replays to the right answer for new input values in the same memory
+        from fused_swiglu import tuning
+
         x, w_gate, w_up = make_inputs((m,), d_model, d_ff, torch.bfloat16, transposed=True)
         torch.mm(x, w_gate)  # cuBLAS and the allocator initialise outside the capture
+        tuned = len(tuning._chosen_configs)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = swiglu(x, w_gate, w_up)
+        assert len(tuning._chosen_configs) == tuned  # the default is not remembered
         x.copy_(torch.randn_like(x))
         out.fill_(float("nan"))
         graph.replay()
-        assert relative_error(out, swiglu_reference(x.double(), w_gate.double(), w_up.double())) \
-            <= TOLERANCE[torch.bfloat16]
-        # the first call outside a capture still tunes, and agrees
-        assert relative_error(swiglu(x, w_gate, w_up), out.double()) <= TOLERANCE[torch.bfloat16]
-
+        reference = swiglu_reference(x.double(), w_gate.double(), w_up.double())
+        assert relative_error(out, reference) <= TOLERANCE[torch.bfloat16]
+        # the first call outside a capture tunes, and agrees
+        assert relative_error(swiglu(x, w_gate, w_up), reference) <= TOLERANCE[torch.bfloat16]
+        assert len(tuning._chosen_configs) == tuned + 1
 
     @pytest.mark.parametrize("recompute", [False, True])
     def test_forward_and_backward_replay_as_cuda_graph(recompute):
