@@ -6,7 +6,8 @@ that hangs is killed by the caller's timeout without losing the others). GPU onl
 Besides the package's kernel, the variants are a plain TMA GEMM of the packed weight (what
 Triton reaches on one GEMM, without the SwiGLU epilogue) and the dual GEMM with two half-width
 MMAs per k-step, persistent or not, storing through tensor descriptors: the comparison that
-led to the stacked kernel (NOTES.md, v5)."""
+led to the stacked kernel (NOTES.md, v5); and the stacked kernel with its epilogue's stores
+made in different ways, for the training forward that also stores [g | u] (NOTES.md, v6)."""
 
 import sys
 
@@ -127,36 +128,42 @@ def stacked_store_kernel(a_desc, w_desc, y_desc, gu_desc, M, N, K,
         cols = off_n + tl.arange(0, BLOCK_N)
         mask = (rows[:, None] < M) & (cols[None, :] < N)
         if SUBTILE:
-            half: tl.constexpr = BLOCK_N // 2
-            dtype: tl.constexpr = gu_desc.dtype
-            y0, y1 = _halves((silu(gate) * up).to(dtype), BLOCK_M, BLOCK_N)
-            y_desc.store([off_m, off_n], y0)
-            y_desc.store([off_m, off_n + half], y1)
-            if STORE_PREACT:
-                g0, g1 = _halves(gate.to(dtype), BLOCK_M, BLOCK_N)
-                gu_desc.store([off_m, 0, off_n], g0.reshape(BLOCK_M, 1, half))
-                gu_desc.store([off_m, 0, off_n + half], g1.reshape(BLOCK_M, 1, half))
-                u0, u1 = _halves(up.to(dtype), BLOCK_M, BLOCK_N)
-                gu_desc.store([off_m, 1, off_n], u0.reshape(BLOCK_M, 1, half))
-                gu_desc.store([off_m, 1, off_n + half], u1.reshape(BLOCK_M, 1, half))
-        elif POINTER_STORES == 2:
-            tl.store(y_ptr + rows[:, None] * N + cols[None, :],
-                     (silu(gate) * up).to(y_desc.dtype), mask=mask)
+            _store_halves(y_desc, gu_desc, off_m, off_n, silu(gate) * up, gate, up,
+                          STORE_PREACT, BLOCK_M, BLOCK_N)
         else:
-            y_desc.store([off_m, off_n], (silu(gate) * up).to(y_desc.dtype))
-        if SUBTILE:
-            pass  # stored above
-        elif STORE_PREACT and POINTER_STORES > 0:
-            offsets = rows[:, None] * (2 * N) + cols[None, :]
-            tl.store(gu_ptr + offsets, gate.to(gu_desc.dtype), mask=mask)
-            tl.store(gu_ptr + offsets + N, up.to(gu_desc.dtype), mask=mask)
-        elif STORE_PREACT:
-            if ONE_GU_STORE:
-                gu_desc.store([off_m, 0, off_n], pair.to(gu_desc.dtype))
+            if POINTER_STORES == 2:
+                tl.store(y_ptr + rows[:, None] * N + cols[None, :],
+                         (silu(gate) * up).to(y_desc.dtype), mask=mask)
             else:
+                y_desc.store([off_m, off_n], (silu(gate) * up).to(y_desc.dtype))
+            if STORE_PREACT and POINTER_STORES > 0:
+                offsets = rows[:, None] * (2 * N) + cols[None, :]
+                tl.store(gu_ptr + offsets, gate.to(gu_desc.dtype), mask=mask)
+                tl.store(gu_ptr + offsets + N, up.to(gu_desc.dtype), mask=mask)
+            elif STORE_PREACT and ONE_GU_STORE:
+                gu_desc.store([off_m, 0, off_n], pair.to(gu_desc.dtype))
+            elif STORE_PREACT:
                 dtype: tl.constexpr = gu_desc.dtype
                 gu_desc.store([off_m, 0, off_n], gate.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
                 gu_desc.store([off_m, 1, off_n], up.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
+
+
+@triton.jit
+def _store_halves(y_desc, gu_desc, off_m, off_n, y, gate, up, STORE_PREACT: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y, and with STORE_PREACT g and u, each stored as two half-width sub-tiles."""
+    half: tl.constexpr = BLOCK_N // 2
+    dtype: tl.constexpr = y_desc.dtype
+    y0, y1 = _halves(y.to(dtype), BLOCK_M, BLOCK_N)
+    y_desc.store([off_m, off_n], y0)
+    y_desc.store([off_m, off_n + half], y1)
+    if STORE_PREACT:
+        g0, g1 = _halves(gate.to(dtype), BLOCK_M, BLOCK_N)
+        gu_desc.store([off_m, 0, off_n], g0.reshape(BLOCK_M, 1, half))
+        gu_desc.store([off_m, 0, off_n + half], g1.reshape(BLOCK_M, 1, half))
+        u0, u1 = _halves(up.to(dtype), BLOCK_M, BLOCK_N)
+        gu_desc.store([off_m, 1, off_n], u0.reshape(BLOCK_M, 1, half))
+        gu_desc.store([off_m, 1, off_n + half], u1.reshape(BLOCK_M, 1, half))
 
 
 def stacked_store(store_preact, one_gu_store, warp_specialize, bm=128, bn=128, bk=64, stages=3,
