@@ -56,7 +56,7 @@ def layers(m, d_model=2048, d_ff=5632):
     w_up.requires_grad_(True)
     for name, fn in rows:
         print(f"  {name:32s} {host_us(fn):7.1f}")
-    tuner = tuned_dual_gemm()
+    tuner = tuned_dual_gemm(torch.cuda.get_device_name())
     for key, cfg in tuner.cache.items():
         print("  tuned:", key[:3], cfg)
 

@@ -55,8 +55,8 @@ def main(tokens):
                     continue
                 fns["x".join(map(str, tile[:3])) + f" s{tile[3]} w{tile[4]}"] = run
             ms = interleaved_medians(graph_ms, fns)
-            key = (token_bucket(m), d_ff, d_model, dtype, SWIGLU_FORWARD, False, False, False,
-                   False, False)
+            key = (torch.cuda.get_device_name(), token_bucket(m), d_ff, d_model, dtype,
+                   SWIGLU_FORWARD, False, False, False, False, False)
             chosen = chosen_config(key, False, False)
             bound = ms["cuBLAS packed"]
             print(f"\nM={m} d_model={d_model} d_ff={d_ff}: cuBLAS {bound * 1e3:.1f} us, "

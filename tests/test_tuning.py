@@ -6,7 +6,7 @@ import torch
 
 from fused_swiglu.tuning import (SHARED_MEMORY_LIMIT, _prune, dual_gemm_configs,
                                  stacked_gemm_configs, stacked_shared_memory, token_bucket,
-                                 untimed_config)
+                                 tuned_dual_gemm, tuned_stacked_gemm, untimed_config)
 
 
 def kept(dtype, m_bucket, fast_accum):
@@ -72,3 +72,11 @@ def test_untimed_configuration(dtype, m_bucket, tile):
     assert tuple(config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) == tile
     assert not config.kwargs["FP16_ACC"]
     assert untimed_config(True, {}) is not None
+
+
+def test_one_autotuner_per_gpu_model():
+    # Triton's autotuner caches its timings by argument values alone: two GPU models in one
+    # process must not share them
+    assert tuned_dual_gemm("GPU A") is tuned_dual_gemm("GPU A")
+    assert tuned_dual_gemm("GPU A") is not tuned_dual_gemm("GPU B")
+    assert tuned_stacked_gemm("GPU A") is not tuned_stacked_gemm("GPU B")

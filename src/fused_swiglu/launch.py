@@ -29,6 +29,12 @@ def _compute_capability(device: torch.device):
     return torch.cuda.get_device_capability(device)
 
 
+@functools.cache
+def _gpu_model(device: torch.device) -> str:
+    """What tuning is remembered per: the GPU's name (the interpreter has one kind)."""
+    return "interpreter" if interpreting() else torch.cuda.get_device_name(device)
+
+
 def _storage_for_tma(t: torch.Tensor):
     """(row-major storage of the logical matrix t, whether that storage is t transposed), or
     None when a tensor descriptor cannot describe t."""
@@ -108,8 +114,8 @@ def _num_sms(device: torch.device) -> int:
 def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_accum, config,
                   set_blocks):
     """Launch with the configuration chosen for `key` (the autotuner's, on the first call), or
-    `config` (for benchmarks of configurations). set_blocks, None without tensor descriptors,
-    gives the descriptors the configuration's block shapes."""
+    `config` (for benchmarks of configurations). key[0] is the GPU model; set_blocks, None
+    without tensor descriptors, gives the descriptors the configuration's block shapes."""
     chosen = with_launch_kwargs(config) if config else chosen_config(key, fast_accum, stacked)
     if chosen is None and torch.cuda.is_current_stream_capturing():
         # nothing can be timed while a CUDA graph is captured: launch a default configuration
@@ -118,7 +124,7 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
         chosen = with_launch_kwargs(untimed_config(stacked, nargs))
     if chosen is None:
         # first call for this problem: the autotuner times the configurations and launches
-        tuner = tuned_kernel()
+        tuner = tuned_kernel(key[0])
         tuner[grid](*args, **flags)
         remember_config(key, tuner.best_config)
         return
@@ -143,7 +149,7 @@ def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, config):
             M, N, K, m_bucket, num_sms)
     # float32 accumulation only: fast_accum changes nothing here
     flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, UP_FIRST=up_first)
-    key = ("stacked", m_bucket, N, K, a.dtype, epilogue, store_preact)
+    key = (_gpu_model(a.device), "stacked", m_bucket, N, K, a.dtype, epilogue, store_preact)
 
     def grid(meta):
         # persistent: one program per multiprocessor, fewer when there are fewer tiles
@@ -200,7 +206,7 @@ def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, c
             dy.stride(0), dy.stride(1))
     flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
                  USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed)
-    key = (m_bucket, N, K, a.dtype, *flags.values())
+    key = (_gpu_model(a.device), m_bucket, N, K, a.dtype, *flags.values())
     _launch_tuned(tuned_dual_gemm, dual_gemm_kernel, key, False, grid, args, flags,
                   fast_accum, config, set_descriptor_blocks if use_tma else None)
 

@@ -166,8 +166,11 @@ def untimed_config(stacked: bool, nargs: dict):
     return _prune(dual_gemm_configs(), nargs)[0]
 
 
+# One autotuner per GPU model (the argument only keys the cache): Triton's autotuner keys its
+# own cache on the arguments alone, so a process with two kinds of GPU would otherwise launch
+# on one the configuration timed on the other, which may not even fit its shared memory.
 @functools.cache
-def tuned_dual_gemm():
+def tuned_dual_gemm(gpu_model: str):
     return triton.autotune(
         configs=dual_gemm_configs(),
         key=["M_BUCKET", "N", "K", "EPILOGUE", "STORE_PREACT", "FAST_ACCUM",
@@ -178,15 +181,16 @@ def tuned_dual_gemm():
 
 
 @functools.cache
-def tuned_stacked_gemm():
+def tuned_stacked_gemm(gpu_model: str):
     return triton.autotune(
         configs=stacked_gemm_configs(),
-        key=["M_BUCKET", "N", "K", "EPILOGUE", "STORE_PREACT", "FAST_ACCUM"],
+        key=["M_BUCKET", "N", "K", "EPILOGUE", "STORE_PREACT"],
         do_bench=_graph_benchmark,
     )(stacked_gemm_kernel)
 
 
-# problem key -> the configuration the autotuner chose for it, with its launch arguments
+# problem key (GPU model first) -> the configuration the autotuner chose for it, with its
+# launch arguments
 _chosen_configs = {}
 
 
