@@ -21,17 +21,17 @@ def median_ms(fn):
 def parts(m, d_model, d_ff, dtype):
     x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
     dy = torch.randn(m, d_ff, device="cuda", dtype=dtype)
-    _, preact = launch.swiglu_forward(x, w_gate, w_up, False, True)
-    grads = preact.clone()
-    gate, up = preact[:, :d_ff].contiguous(), preact[:, d_ff:].contiguous()
+    _, gate, up = launch.swiglu_forward(x, w_gate, w_up, False, True)
+    grads = torch.cat([gate, up], dim=1)  # [dg | du] stand-in, for the one-GEMM variants
     d_gate, d_up = grads[:, :d_ff], grads[:, d_ff:]
     d_gate_c, d_up_c = d_gate.contiguous(), d_up.contiguous()
+    d_pair = (gate.clone(), up.clone())
     packed_t = torch.cat([w_gate.T, w_up.T])  # (2 d_ff, d_model), for a one-GEMM dx
     fns = {
-        "training forward: ours (y and [g|u])": lambda: launch.swiglu_forward(
+        "training forward: ours (y, g and u)": lambda: launch.swiglu_forward(
             x, w_gate, w_up, False, True),
-        "gate grads: ours (in place, [g|u])": lambda: launch.swiglu_grad_from_preact(
-            dy, preact, out=grads),
+        "gate grads: ours (in place, g and u)": lambda: launch.swiglu_grads_from_preact(
+            dy, *d_pair, out=d_pair),
     }
     try:
         from liger_kernel.ops.swiglu import swiglu_backward, swiglu_forward
@@ -48,14 +48,16 @@ def parts(m, d_model, d_ff, dtype):
 
     fns.update({
         "dx: mm + addmm_ (ours)": dx_addmm,
+        "dx: mm + addmm_, contiguous halves": lambda: torch.mm(d_gate_c, w_gate.t()).addmm_(
+            d_up_c, w_up.t()),
         "dx: mm + mm + add": lambda: torch.mm(d_gate, w_gate.t()) + torch.mm(d_up, w_up.t()),
         "dx: mm + mm + add, contiguous halves":
             lambda: torch.mm(d_gate_c, w_gate.t()) + torch.mm(d_up_c, w_up.t()),
         "dx: one mm, K = 2 d_ff (packed weight)": lambda: torch.mm(grads, packed_t),
-        "dW: one mm, 2 d_ff rows (ours)": lambda: torch.mm(grads.t(), x),
+        "dW: one mm, 2 d_ff rows": lambda: torch.mm(grads.t(), x),
         "dW: two mm": lambda: (torch.mm(d_gate.t(), x), torch.mm(d_up.t(), x)),
-        "dW: two mm, contiguous halves": lambda: (torch.mm(d_gate_c.t(), x),
-                                                  torch.mm(d_up_c.t(), x)),
+        "dW: two mm, contiguous halves (ours)": lambda: (torch.mm(d_gate_c.t(), x),
+                                                         torch.mm(d_up_c.t(), x)),
     })
     times = interleaved_medians(median_ms, fns)
     print(f"\n{dtype} M={m} d_model={d_model} d_ff={d_ff}")

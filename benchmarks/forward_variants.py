@@ -204,16 +204,16 @@ def stacked_store(store_preact, one_gu_store, warp_specialize, bm=128, bn=128, b
 
 
 def package_training(x, w_gate, w_up, packed, y):
-    """The package's training forward: y and [g | u]."""
+    """The package's training forward: y, g and u."""
     out = {}
 
     def run():
-        out["y"], out["preact"] = launch.swiglu_forward(x, w_gate, w_up, False, True)
+        out["y"], out["g"], out["u"] = launch.swiglu_forward(x, w_gate, w_up, False, True)
 
     def reference():
         g, u = (x @ w_gate).float(), (x @ w_up).float()
         return torch.cat([torch.nn.functional.silu(g) * u, g, u], dim=1)
-    return run, lambda: torch.cat([out["y"], out["preact"]], dim=1), reference
+    return run, lambda: torch.cat([out["y"], out["g"], out["u"]], dim=1), reference
 
 
 def _num_sms():

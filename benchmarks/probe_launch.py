@@ -36,16 +36,16 @@ def layers(m, d_model=2048, d_ff=5632):
         for name, fn in rows:
             print(f"  {name:32s} {host_us(fn):7.1f}")
     dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
-    _, preact = launch.swiglu_forward(x, w_gate, w_up, False, True)
+    _, gate, up = launch.swiglu_forward(x, w_gate, w_up, False, True)
     needs = (True, True, True)
     x.requires_grad_(True)
     from liger_kernel.ops.swiglu import LigerSiLUMulFunction
     rows = [
         ("swiglu() forward, grad mode", lambda: swiglu(x, w_gate, w_up)),
-        ("gate-grads kernel", lambda: launch.swiglu_grad_from_preact(dy, preact)),
-        ("dx, dW (cuBLAS)", lambda: ops._input_and_weight_grads(preact, x, w_gate, w_up, needs)),
-        ("swiglu() fwd+bwd",
-         lambda: torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)),
+        ("gate-grads kernel", lambda: launch.swiglu_grads_from_preact(dy, gate, up)),
+        ("dx, dW (cuBLAS)", lambda: ops._projection_grads([gate, up], x, w_gate, w_up, needs)),
+        ("swiglu() fwd+bwd, one node", _with_graph(False, x, w_gate, w_up, dy)),
+        ("swiglu() fwd+bwd, two nodes", _with_graph(True, x, w_gate, w_up, dy)),
         ("liger fwd+bwd", lambda: torch.autograd.grad(
             LigerSiLUMulFunction.apply(x @ w_gate, x @ w_up), (x, w_gate, w_up), dy)),
         ("eager fwd+bwd", lambda: torch.autograd.grad(
@@ -59,6 +59,18 @@ def layers(m, d_model=2048, d_ff=5632):
     tuner = tuned_dual_gemm(torch.cuda.get_device_name())
     for key, cfg in tuner.cache.items():
         print("  tuned:", key[:3], cfg)
+
+
+def _with_graph(two_nodes, x, w_gate, w_up, dy):
+    """A forward+backward call that builds the one-node or the two-node graph at any size."""
+    def step():
+        saved = ops.TWO_NODE_MIN_WORK
+        ops.TWO_NODE_MIN_WORK = 1 if two_nodes else 2 ** 62
+        try:
+            torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)
+        finally:
+            ops.TWO_NODE_MIN_WORK = saved
+    return step
 
 
 class _Nothing(torch.autograd.Function):

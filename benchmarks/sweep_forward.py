@@ -36,12 +36,12 @@ def main():
         x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
         packed = torch.cat([w_gate.T, w_up.T]).T
         y = torch.empty(m, d_ff, device="cuda", dtype=dtype)
-        preact = torch.empty(m, 2 * d_ff, device="cuda", dtype=dtype)
+        pair = tuple(torch.empty(m, d_ff, device="cuda", dtype=dtype) for _ in range(2))
         ref = torch.nn.functional.silu((x @ w_gate).float()) * (x @ w_up).float()
         fns = {"cuBLAS packed": lambda: x @ packed}
         for name, cfg in CONFIGS.items():
             def run(cfg=cfg, store=False):
-                launch._dual_gemm(x, w_gate, w_up, y, preact if store else None, None,
+                launch._dual_gemm(x, w_gate, w_up, y, pair if store else None, None,
                                   SWIGLU_FORWARD, store, False, config=cfg)
             if not runs_correctly(name, run, y, ref):
                 continue

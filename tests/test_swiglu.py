@@ -36,6 +36,15 @@ LINEAR_SHAPES = SHAPES[:3] + SHAPES[-1:] + ([((4, 2048), 4096, 11008), ((512,), 
                                              if ON_GPU else [])
 
 
+@pytest.fixture(params=["one node", "two nodes"])
+def graph(request, monkeypatch):
+    """The autograd graph of the training forward: one node, or the gated product and the up
+    projection as two nodes, which large problems get (and here every problem)."""
+    if request.param == "two nodes":
+        monkeypatch.setattr(fused_swiglu.ops, "TWO_NODE_MIN_WORK", 1)
+    return request.param
+
+
 def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     assert torch.isfinite(ours).all(), "non-finite values (an unwritten element?)"
@@ -77,7 +86,7 @@ def check_against_reference(x, w_gate, w_up, tol, **kwargs):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,d_model,d_ff", SHAPES, ids=str)
-def test_forward_and_gradients(lead, d_model, d_ff, dtype):
+def test_forward_and_gradients(lead, d_model, d_ff, dtype, graph):
     check_against_reference(*make_inputs(lead, d_model, d_ff, dtype), TOLERANCE[dtype])
 
 
@@ -185,7 +194,7 @@ def test_strided_and_mixed_layout_operands():
     check_against_reference(x, w_gate, w_up, TOLERANCE[dtype])
 
 
-def test_non_contiguous_incoming_gradient():
+def test_non_contiguous_incoming_gradient(graph):
     x, w_gate, w_up = make_inputs((13,), 48, 80, torch.float32)
     x.requires_grad_()
     out = swiglu(x, w_gate, w_up)
@@ -196,7 +205,7 @@ def test_non_contiguous_incoming_gradient():
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_partial_requires_grad(which):
+def test_partial_requires_grad(which, graph):
     tensors = [t.detach() for t in make_inputs((9,), 48, 80, torch.float32)]
     tensors[which].requires_grad_()
     out = swiglu(*tensors)
@@ -208,6 +217,40 @@ def test_partial_requires_grad(which):
             assert relative_error(t.grad, ref_grads[i]) <= TOLERANCE[torch.float32]
         else:
             assert t.grad is None
+
+
+def autograd_nodes(out):
+    """Names of the autograd nodes behind out; leaves' gradient accumulators and the views of
+    swiglu()'s reshapes left out."""
+    names, pending = [], [out.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is not None:
+            names.append(type(node).__name__)
+            pending += [next_node for next_node, _ in node.next_functions]
+    return sorted(name for name in names if name not in ("AccumulateGrad", "ViewBackward0"))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_graph_nodes(recompute, graph):
+    x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((9,), 48, 80, torch.float32))
+    out = swiglu(x, w_gate, w_up, recompute=recompute)
+    if graph == "two nodes" and not recompute:
+        assert autograd_nodes(out) == ["_GatedProductBackward", "_UpProjectionBackward"]
+    else:
+        assert autograd_nodes(out) == ["_EagerSwiGLUBackward"]
+
+
+def test_output_modified_in_place(graph):
+    # the output is a tensor of its own, not a view, so in-place ops on it are allowed
+    x, w_gate, w_up = make_inputs((9,), 48, 80, torch.float32)
+    x.requires_grad_()
+    out = swiglu(x, w_gate, w_up)
+    out.mul_(3.0)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    _, ref_grads = reference_with_grads(x, w_gate, w_up, 3.0 * dy)
+    assert relative_error(x.grad, ref_grads[0]) <= TOLERANCE[torch.float32]
 
 
 def saved_tensors(fn):
@@ -223,7 +266,7 @@ def saved_tensors(fn):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_saved_for_backward(recompute):
+def test_saved_for_backward(recompute, graph):
     m, d_model, d_ff = 33, 48, 80
     x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
                                                               torch.bfloat16))
@@ -236,8 +279,8 @@ def test_saved_for_backward(recompute):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_backward_allocates_no_tokens_by_2_d_ff_buffer(recompute):
-    # sizes chosen so that a (tokens, 2 d_ff) buffer matches no other tensor's size, all in
+def test_backward_allocates_no_tokens_by_d_ff_buffer(recompute, graph):
+    # sizes chosen so that a (tokens, d_ff) buffer matches no other tensor's size, all in
     # multiples of 512 bytes, to which the CUDA caching allocator rounds its allocations
     m, d_model, d_ff = 40, 48, 80
     x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
@@ -248,8 +291,8 @@ def test_backward_allocates_no_tokens_by_2_d_ff_buffer(recompute):
         out.backward(dy)
     allocated = {max(e.cpu_memory_usage, getattr(e, "device_memory_usage", 0)) for e in
                  prof.events()}
-    # the default backward reuses the saved [g | u]; recompute needs exactly one such buffer
-    assert (m * 2 * d_ff * 4 in allocated) == recompute
+    # the default backward reuses the saved g and u; recompute needs exactly such buffers
+    assert (m * d_ff * 4 in allocated) == recompute
 
 
 def test_nothing_saved_without_grad(kernel_outputs):
@@ -334,15 +377,15 @@ def test_opcheck():
     x, w_gate, w_up = make_inputs((37,), 48, 80, torch.float32)
     x.requires_grad_()
     torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, False))
-    # Called alone, the op hands [g | u] to the caller, and its backward overwrites them in
+    # Called alone, the op hands g and u to the caller, and its backward overwrites them in
     # place, which AOT tracing of a returned tensor rejects. swiglu() never returns them: its
     # compiled forward+backward is test_torch_compile_fullgraph.
     torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, True),
                           test_utils=("test_schema", "test_autograd_registration",
                                       "test_faketensor"))
     dy = torch.randn(37, 80, device=DEVICE)
-    _, preact = ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
-    torch.library.opcheck(ops.gate_grads_inplace, (dy, preact))
+    _, gate, up = ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
+    torch.library.opcheck(ops.gate_grads_inplace, (dy, gate, up))
     torch.library.opcheck(ops.gate_grads_recompute, (dy, x.detach(), w_gate, w_up, False))
 
 
@@ -351,21 +394,20 @@ def test_opcheck():
 def test_gate_grads_kernel_writes_every_element(m, d_ff, dtype):
     # the in-place path overwrites finite g, u; this one writes into poisoned memory
     from fused_swiglu import launch
-    dy = torch.randn(m, d_ff, device=DEVICE, dtype=dtype)
-    preact = torch.randn(m, 2 * d_ff, device=DEVICE, dtype=dtype)
-    grads = launch.swiglu_grad_from_preact(dy, preact)
-    g, u = preact[:, :d_ff].double(), preact[:, d_ff:].double()
+    dy, gate, up = (torch.randn(m, d_ff, device=DEVICE, dtype=dtype) for _ in range(3))
+    d_gate, d_up = launch.swiglu_grads_from_preact(dy, gate, up)
+    g, u, dy = gate.double(), up.double(), dy.double()
     sig = torch.sigmoid(g)
-    ref = torch.cat([dy.double() * u * sig * (1 + g * (1 - sig)), dy.double() * g * sig], 1)
-    assert relative_error(grads, ref) <= TOLERANCE[dtype]
+    assert relative_error(d_gate, dy * u * sig * (1 + g * (1 - sig))) <= TOLERANCE[dtype]
+    assert relative_error(d_up, dy * g * sig) <= TOLERANCE[dtype]
 
 
-def test_second_backward_needs_recompute():
+def test_second_backward_needs_recompute(graph):
     x, w_gate, w_up = make_inputs((9,), 48, 80, torch.float32)
     x.requires_grad_()
     out = swiglu(x, w_gate, w_up)
     out.sum().backward(retain_graph=True)
-    # the first backward turned the saved [g | u] into [dg | du] in place
+    # the first backward turned the saved g and u into dg and du in place
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
     first = x.grad.clone()
@@ -456,3 +498,30 @@ if ON_GPU:
         for grad, ref in zip(grads, ref_grads):
             assert relative_error(grad, ref) <= TOLERANCE[torch.bfloat16]
 
+
+    @pytest.mark.parametrize("recompute", [False, True])
+    def test_peak_memory_of_separate_projections(recompute, graph):
+        # Above the inputs, forward+backward peaks at y, g and u (or dg and du), dx and ONE
+        # weight gradient, as a graph of separate projections does: the two-node graph and the
+        # recompute backward free dg before the second weight gradient's GEMM. The one-node
+        # graph holds g and u until both weight gradients exist.
+        m, d_model, d_ff = 1024, 512, 1536
+        x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
+                                                                  torch.bfloat16, transposed=True))
+        dy = torch.randn(m, d_ff, device=DEVICE, dtype=torch.bfloat16)
+        # tuning, and cuBLAS's workspace, outside the measurement
+        torch.autograd.grad(swiglu(x, w_gate, w_up, recompute=recompute), (x, w_gate, w_up), dy)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = swiglu(x, w_gate, w_up, recompute=recompute)
+        grads = torch.autograd.grad(out, (x, w_gate, w_up), dy)
+        peak = torch.cuda.max_memory_allocated() - base
+        separate = 2 * (3 * m * d_ff + m * d_model + d_ff * d_model)
+        if graph == "one node" and not recompute:
+            assert separate < peak <= separate + 2 * d_ff * d_model
+        else:
+            assert peak <= separate
+        ref_out, ref_grads = reference_with_grads(x, w_gate, w_up, dy)
+        for grad, ref in zip(grads, ref_grads):
+            assert relative_error(grad, ref) <= TOLERANCE[torch.bfloat16]

@@ -136,15 +136,14 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
     kernel[grid](*args, **flags, **launch_kwargs)
 
 
-def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, config):
+def _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config):
     """The stacked kernel's launch; `weights` is _stacked_weights()'s answer, the other
     arguments are _dual_gemm's."""
     M, K = a.shape
     w_arg, up_first = weights
-    # [g | u] (M, 2 N) seen as (M, 2, N): descriptor bounds then clip each half on its own
-    gu_arg = _descriptor(gu.view(M, 2, N)) if gu is not None else None
+    gate_arg, up_arg = (_descriptor(t) for t in pair) if pair is not None else (None, None)
     m_bucket, num_sms = token_bucket(M), _num_sms(a.device)
-    args = (_descriptor(a), w_arg, _descriptor(y) if y is not None else None, gu_arg,
+    args = (_descriptor(a), w_arg, _descriptor(y) if y is not None else None, gate_arg, up_arg,
             _descriptor(dy) if dy is not None else None,
             M, N, K, m_bucket, num_sms)
     # float32 accumulation only: fast_accum changes nothing here
@@ -160,12 +159,13 @@ def _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, config):
                   False, config, set_stacked_descriptor_blocks)
 
 
-def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, config=None):
+def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, store_preact, fast_accum, config=None):
     """The SwiGLU epilogue of a @ b_gate and a @ b_up, by tiles, on 2-D operands of any strides.
 
-    Forward (SWIGLU_FORWARD): y = silu(g) * u, and with store_preact [g | u] into gu, an
-    (M, 2 N) buffer. Backward (SWIGLU_BACKWARD): [dg | du] into gu from dy. With the
-    autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
+    Forward (SWIGLU_FORWARD): y = silu(g) * u, and with store_preact g and u into `pair`, two
+    (M, N) tensors of the same strides. Backward (SWIGLU_BACKWARD): dg and du into `pair` from
+    dy. With the autotuner's choice of configuration, or `config` (for benchmarks of
+    configurations)."""
     M, K = a.shape
     N = b_gate.shape[1]
     # (storage, transposed) of each operand for tensor descriptors; None where they are not
@@ -175,14 +175,14 @@ def _dual_gemm(a, b_gate, b_up, y, gu, dy, epilogue, store_preact, fast_accum, c
             and (dy is None or _row_major_for_tma(dy))):
         weights = _stacked_weights(storages[1], storages[2])
         if weights is not None:
-            _stacked_gemm(a, N, weights, y, gu, dy, epilogue, store_preact, config)
+            _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config)
             return
     if epilogue == SWIGLU_FORWARD:
         out_a = y
-        out_b, out_c = (gu[:, :N], gu[:, N:]) if store_preact else (y, y)
+        out_b, out_c = pair if store_preact else (y, y)
         dy = y  # never read by the forward
     else:
-        out_a, out_b, out_c = gu[:, :N], gu[:, N:], gu
+        (out_a, out_b), out_c = pair, pair[1]
     # the two-MMA kernel takes descriptors for any row- or column-major operands whose two
     # weights share a layout; pointers otherwise
     a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
@@ -222,37 +222,39 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
 
 
 def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
-    """y = silu(x @ w_gate) * (x @ w_up) for 2-D x; with store_preact also the pre-activations
-    packed as one (M, 2 * d_ff) tensor [g | u], else an empty tensor."""
+    """y = silu(x @ w_gate) * (x @ w_up) for 2-D x, and with store_preact also the
+    pre-activations g and u, two (M, d_ff) tensors of their own (so that each can be freed
+    without the other); None for them otherwise."""
     M, N = x.shape[0], w_gate.shape[1]
     y = new_output((M, N), x)
-    preact = new_output((M, 2 * N), x) if store_preact else None
-    _dual_gemm(x, w_gate, w_up, y, preact, None, SWIGLU_FORWARD, store_preact, fast_accum)
-    return y, preact if store_preact else x.new_empty((0,))
+    pair = (new_output((M, N), x), new_output((M, N), x)) if store_preact else None
+    _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, store_preact, fast_accum)
+    return (y, *pair) if store_preact else (y, None, None)
 
 
-def swiglu_grad_from_preact(dy, preact, out=None):
-    """[dg | du] of shape (M, 2 * d_ff) from dy and the stored [g | u], into `out` (which may
-    be `preact` itself: each element is read before it is overwritten, by the same program)."""
+def swiglu_grads_from_preact(dy, gate, up, out=None):
+    """(dg, du) from dy and the stored g and u, into `out` (which may be (gate, up) itself:
+    each element is read before it is overwritten, by the same program)."""
     M, N = dy.shape
-    grads = new_output(preact.shape, preact) if out is None else out
-    if grads.stride() != preact.stride():
-        raise ValueError(f"[dg | du] strides {grads.stride()} must match [g | u]'s "
-                         f"{preact.stride()}")
+    d_gate, d_up = (new_output((M, N), gate), new_output((M, N), up)) if out is None else out
+    strides = {t.stride() for t in (gate, up, d_gate, d_up)}
+    if len(strides) != 1:
+        raise ValueError(f"g, u, dg and du must share strides, got {sorted(strides)}")
     block_m, block_n = 4, min(512, 1 << (N - 1).bit_length())
     grid = (_cdiv(M, block_m), _cdiv(N, block_n))
     glu_backward_kernel[grid](
-        dy, preact, grads,
+        dy, gate, up, d_gate, d_up,
         M, N,
-        dy.stride(0), dy.stride(1), preact.stride(0), preact.stride(1),
+        dy.stride(0), dy.stride(1), gate.stride(0), gate.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
     )
-    return grads
+    return d_gate, d_up
 
 
-def swiglu_grad_recompute(dy, x, w_gate, w_up, fast_accum: bool):
-    """[dg | du] of shape (M, 2 * d_ff), recomputing g and u in the GEMM's epilogue."""
+def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool):
+    """(dg, du), two (M, d_ff) tensors of their own, recomputing g and u in the GEMM's
+    epilogue."""
     M, N = dy.shape
-    grads = new_output((M, 2 * N), x)
-    _dual_gemm(x, w_gate, w_up, None, grads, dy, SWIGLU_BACKWARD, False, fast_accum)
-    return grads
+    pair = (new_output((M, N), x), new_output((M, N), x))
+    _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, False, fast_accum)
+    return pair

@@ -20,144 +20,217 @@ def _torch_preact(x: Tensor, w_gate: Tensor, w_up: Tensor):
     return x @ w_gate.float(), x @ w_up.float()
 
 
-def _torch_gate_grads(dy: Tensor, gate: Tensor, up: Tensor) -> Tensor:
-    """[dg | du] in float32 from dy and g, u (both already rounded to the storage dtype)."""
+def _torch_gate_grads(dy: Tensor, gate: Tensor, up: Tensor):
+    """(dg, du) in float32 from dy and g, u (both already rounded to the storage dtype)."""
     gate, up, dy = gate.float(), up.float(), dy.float()
     sig = torch.sigmoid(gate)
-    return torch.cat([dy * up * sig * (1 + gate * (1 - sig)), dy * gate * sig], dim=1)
+    return dy * up * sig * (1 + gate * (1 - sig)), dy * gate * sig
 
 
 @torch.library.custom_op("fused_swiglu::swiglu_forward", mutates_args=())
 def swiglu_forward(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
-                   store_preact: bool) -> tuple[Tensor, Tensor]:
-    """(y, [g | u]) for 2-D x; [g | u] is empty unless store_preact."""
+                   store_preact: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, g, u) for 2-D x; g and u are empty unless store_preact."""
     if _runs_triton(x, w_gate):
-        return launch.swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)
-    gate, up = _torch_preact(x, w_gate, w_up)
-    y = (torch.nn.functional.silu(gate) * up).to(x.dtype)
-    preact = torch.cat([gate, up], dim=1).to(x.dtype) if store_preact else x.new_empty((0,))
-    return y, preact
+        y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)
+    else:
+        gate, up = _torch_preact(x, w_gate, w_up)
+        y = (torch.nn.functional.silu(gate) * up).to(x.dtype)
+        gate, up = gate.to(x.dtype), up.to(x.dtype)
+    if not store_preact:
+        gate, up = x.new_empty((0,)), x.new_empty((0,))
+    return y, gate, up
 
 
 @swiglu_forward.register_fake
 def _(x, w_gate, w_up, fast_accum, store_preact):
-    n = w_gate.shape[1]
-    preact = x.new_empty((x.shape[0], 2 * n)) if store_preact else x.new_empty((0,))
-    return x.new_empty((x.shape[0], n)), preact
+    shape = (x.shape[0], w_gate.shape[1])
+    preact_shape = shape if store_preact else (0,)
+    return x.new_empty(shape), x.new_empty(preact_shape), x.new_empty(preact_shape)
 
 
-@torch.library.custom_op("fused_swiglu::gate_grads_inplace", mutates_args=("preact",))
-def gate_grads_inplace(dy: Tensor, preact: Tensor) -> None:
-    """Overwrite the stored [g | u] with [dg | du]: the backward needs no second buffer."""
+@torch.library.custom_op("fused_swiglu::gate_grads_inplace", mutates_args=("gate", "up"))
+def gate_grads_inplace(dy: Tensor, gate: Tensor, up: Tensor) -> None:
+    """Overwrite the stored g and u with dg and du: the backward needs no second buffer."""
     if _runs_triton(dy):
-        launch.swiglu_grad_from_preact(dy, preact, out=preact)
+        launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up))
     else:
-        n = dy.shape[1]
-        preact.copy_(_torch_gate_grads(dy, preact[:, :n], preact[:, n:]))
+        d_gate, d_up = _torch_gate_grads(dy, gate, up)
+        gate.copy_(d_gate)
+        up.copy_(d_up)
 
 
 @gate_grads_inplace.register_fake
-def _(dy, preact):
+def _(dy, gate, up):
     return None
 
 
 @torch.library.custom_op("fused_swiglu::gate_grads_recompute", mutates_args=())
 def gate_grads_recompute(dy: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor,
-                         fast_accum: bool) -> Tensor:
-    """[dg | du], recomputing g and u from x and the weights."""
+                         fast_accum: bool) -> tuple[Tensor, Tensor]:
+    """(dg, du), recomputing g and u from x and the weights."""
     if _runs_triton(x, w_gate):
-        return launch.swiglu_grad_recompute(dy, x, w_gate, w_up, fast_accum)
+        return launch.swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum)
     gate, up = (t.to(x.dtype) for t in _torch_preact(x, w_gate, w_up))
-    return _torch_gate_grads(dy, gate, up).to(x.dtype)
+    return tuple(t.to(x.dtype) for t in _torch_gate_grads(dy, gate, up))
 
 
 @gate_grads_recompute.register_fake
 def _(dy, x, w_gate, w_up, fast_accum):
-    return x.new_empty((x.shape[0], 2 * w_gate.shape[1]))
+    shape = (x.shape[0], w_gate.shape[1])
+    return x.new_empty(shape), x.new_empty(shape)
 
 
-def _input_and_weight_grads(grads: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor,
-                            needs_input_grad):
-    """(dx, dw_gate, dw_up) from [dg | du]; None where not needed."""
+# torch.mm rather than @ below: the same GEMM with less host-side dispatch
+
+def _input_grad(d_gate: Tensor, d_up: Tensor, w_gate: Tensor, w_up: Tensor) -> Tensor:
+    # the second product accumulates onto the first in place: no sum pass, no second
+    # tokens x d_model buffer
+    dx = torch.mm(d_gate, w_gate.t())
+    return dx.addmm_(d_up, w_up.t())
+
+
+def _weight_grad(d_out: Tensor, x: Tensor) -> Tensor:
+    """The gradient of w in x @ w: computed as an nn.Linear-layout (d_ff, d_model) matrix and
+    returned as its transposed view, the layout of nn.Linear weights used as w."""
+    return torch.mm(d_out.t(), x).t()
+
+
+def _projection_grads(grads: list, x: Tensor, w_gate: Tensor, w_up: Tensor, needs_input_grad):
+    """(dx, dw_gate, dw_up) from grads = [dg, du], None where not needed. dg is taken out of the
+    list and dropped before dw_up is computed: where nothing else holds it (recompute), its
+    memory is free again for that GEMM's output, as in a graph of separate projections."""
     need_dx, need_dw_gate, need_dw_up = needs_input_grad[:3]
-    n = w_gate.shape[1]
-    d_gate, d_up = grads[:, :n], grads[:, n:]
-    dx = dw_gate = dw_up = None
-    # torch.mm rather than @: the same GEMM with less host-side dispatch
-    if need_dx:
-        # the second product accumulates onto the first in place: no sum pass, no second
-        # tokens x d_model buffer
-        dx = torch.mm(d_gate, w_gate.t())
-        dx.addmm_(d_up, w_up.t())
-    # weight gradients reduce over all tokens in one GEMM, [dg | du]^T @ x, whose (2 d_ff,
-    # d_model) result holds both: its halves are nn.Linear-layout gradients, transposed here
-    if need_dw_gate and need_dw_up:
-        dw = torch.mm(grads.t(), x)
-        dw_gate, dw_up = dw[:n].t(), dw[n:].t()
-    elif need_dw_gate:
-        dw_gate = torch.mm(d_gate.t(), x).t()
-    elif need_dw_up:
-        dw_up = torch.mm(d_up.t(), x).t()
+    d_gate = grads.pop(0)
+    d_up = grads[0]
+    dx = _input_grad(d_gate, d_up, w_gate, w_up) if need_dx else None
+    dw_gate = _weight_grad(d_gate, x) if need_dw_gate else None
+    del d_gate
+    dw_up = _weight_grad(d_up, x) if need_dw_up else None
     return dx, dw_gate, dw_up
 
 
 def _setup_context(ctx, inputs, output):
     x, w_gate, w_up, fast_accum, store_preact = inputs
-    _, preact = output
-    ctx.mark_non_differentiable(preact)
-    # else autograd hands the backward a zero-filled gradient for [g | u]: tokens x 2 d_ff of
-    # memory and a memset, for an output nothing differentiates
+    _, gate, up = output
+    ctx.mark_non_differentiable(gate, up)
+    # else autograd hands the backward zero-filled gradients for g and u: tokens x 2 d_ff of
+    # memory and a memset, for outputs nothing differentiates
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, w_gate, w_up, preact)
+    ctx.save_for_backward(x, w_gate, w_up, gate, up)
     ctx.fast_accum = fast_accum
     ctx.recompute = not store_preact
 
 
-def _backward(ctx, dy, _unused_preact_grad):
-    x, w_gate, w_up, preact = ctx.saved_tensors
+def _backward(ctx, dy, _unused_gate_grad, _unused_up_grad):
+    x, w_gate, w_up, gate, up = ctx.saved_tensors
     if ctx.recompute:
-        grads = gate_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum)
+        grads = list(gate_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum))
     else:
-        # a second backward through this graph (retain_graph=True) finds preact modified and
+        # a second backward through this graph (retain_graph=True) finds g and u modified and
         # autograd's version check raises; recompute=True supports it
-        gate_grads_inplace(dy, preact)
-        grads = preact
-    return *_input_and_weight_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), None, None
+        gate_grads_inplace(dy, gate, up)
+        grads = [gate, up]
+    del gate, up
+    return *_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), None, None
 
 
 swiglu_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerSwiGLU(torch.autograd.Function):
-    """The same forward and backward as the ops above, launching the kernels directly. The
-    forward takes ctx itself: with a separate setup_context, every apply() binds its arguments
-    through inspect.signature, tens of microseconds of host time per call."""
+    """The same backward as the ops above, launching the kernels directly, in one node that
+    returns y alone (g and u are saved intermediates). The forward takes ctx itself: with a
+    separate setup_context, every apply() binds its arguments through inspect.signature, tens
+    of microseconds of host time per call."""
 
     @staticmethod
     def forward(ctx, x, w_gate, w_up, fast_accum, store_preact):
-        output = launch.swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)
-        _setup_context(ctx, (x, w_gate, w_up, fast_accum, store_preact), output)
-        return output
+        y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)
+        ctx.save_for_backward(x, w_gate, w_up, gate, up)
+        ctx.fast_accum = fast_accum
+        ctx.recompute = not store_preact
+        return y
 
     @staticmethod
-    def backward(ctx, dy, _unused_preact_grad):
-        x, w_gate, w_up, preact = ctx.saved_tensors
+    def backward(ctx, dy):
+        x, w_gate, w_up, gate, up = ctx.saved_tensors
         if ctx.recompute:
-            grads = launch.swiglu_grad_recompute(dy, x, w_gate, w_up, ctx.fast_accum)
+            grads = list(launch.swiglu_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum))
         else:
-            grads = launch.swiglu_grad_from_preact(dy, preact, out=preact)
-            # the kernel wrote preact behind autograd's back: say so, so that a second
-            # backward (retain_graph=True) raises instead of reading [dg | du] as [g | u]
-            torch.autograd.graph.increment_version(preact)
-        return *_input_and_weight_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), None, None
+            grads = list(launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up)))
+            # the kernel wrote g and u behind autograd's back: say so, so that a second
+            # backward (retain_graph=True) raises instead of reading dg and du as g and u
+            torch.autograd.graph.increment_version((gate, up))
+        del gate, up
+        return *_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), None, None
+
+
+class _UpProjection(torch.autograd.Function):
+    """u = x @ w_up as a node of its own, whose value the fused forward has computed already;
+    its backward is w_up's gradient alone, since _GatedProduct's backward computes all of dx.
+    After _GatedProduct's backward returns, only du is left of the stored pre-activations:
+    dg's memory is free again before this node's GEMM allocates dw_up."""
+
+    @staticmethod
+    def forward(ctx, w_up, x, computed):
+        # `computed` holds u in a list, so that autograd takes it for a new output rather than
+        # an input returned unchanged (which it would make a view)
+        ctx.save_for_backward(x)
+        return computed[0]
+
+    @staticmethod
+    def backward(ctx, d_up):
+        (x,) = ctx.saved_tensors
+        return _weight_grad(d_up, x), None, None
+
+
+class _GatedProduct(torch.autograd.Function):
+    """y = silu(x @ w_gate) * u, u from _UpProjection (or a plain tensor when w_up needs no
+    gradient); computed already by the fused forward, which `computed` holds as (y, g). The
+    backward turns the stored g and u into dg and du in place and returns dx, dw_gate and du."""
+
+    @staticmethod
+    def forward(ctx, x, w_gate, w_up, up, computed):
+        y, gate = computed
+        ctx.save_for_backward(x, w_gate, w_up, gate, up)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w_gate, w_up, gate, up = ctx.saved_tensors
+        launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up))
+        torch.autograd.graph.increment_version((gate, up))
+        need_dx, need_dw_gate, _, need_d_up = ctx.needs_input_grad[:4]
+        dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
+        dw_gate = _weight_grad(gate, x) if need_dw_gate else None
+        # w_up's gradient is _UpProjection's; du goes to it as a plain tensor
+        return dx, dw_gate, None, up.detach() if need_d_up else None, None
+
+
+# From this many multiply-adds per projection (tokens x d_model x d_ff) the training forward
+# builds the two-node graph: its backward peaks at the memory of separate projections (g, u
+# and one weight gradient, not two), and its extra node's host time (tens of microseconds)
+# hides behind the GPU's work. Smaller problems, whose step time the host bounds, keep the
+# one-node graph.
+TWO_NODE_MIN_WORK = 2 ** 35
+
+
+def _two_node_swiglu(x, w_gate, w_up, fast_accum):
+    y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
+    if w_up.requires_grad:
+        up = _UpProjection.apply(w_up, x, [up])
+    return _GatedProduct.apply(x, w_gate, w_up, up, (y, gate))
 
 
 def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
               store_preact: bool, needs_grad: bool = True) -> Tensor:
-    """SwiGLU of 2-D x with autograd; keeps [g | u] for the backward when store_preact."""
+    """SwiGLU of 2-D x with autograd; keeps g and u for the backward when store_preact."""
     if torch.compiler.is_compiling() or not _runs_triton(x, w_gate):
         return swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)[0]
     if not needs_grad:
         # nothing to differentiate: no autograd node, and none of its host time
         return launch.swiglu_forward(x, w_gate, w_up, fast_accum, False)[0]
-    return _EagerSwiGLU.apply(x, w_gate, w_up, fast_accum, store_preact)[0]
+    if store_preact and x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK:
+        return _two_node_swiglu(x, w_gate, w_up, fast_accum)
+    return _EagerSwiGLU.apply(x, w_gate, w_up, fast_accum, store_preact)

@@ -39,7 +39,8 @@ def set_descriptor_blocks(nargs):
 def set_stacked_descriptor_blocks(nargs):
     """The block shapes of the stacked kernel's descriptors; unused ones are None."""
     bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
-    blocks = {"a": [bm, bk], "w": [2, bn, bk], "y": [bm, bn], "gu": [bm, 1, bn], "dy": [bm, bn]}
+    blocks = {"a": [bm, bk], "w": [2, bn, bk], "y": [bm, bn], "gate_out": [bm, bn],
+              "up_out": [bm, bn], "dy": [bm, bn]}
     for name, block in blocks.items():
         if nargs[name] is not None:
             nargs[name].block_shape = block

@@ -14,20 +14,11 @@ from .common import grouped_tile, mma, silu, swiglu_grads
 
 
 @triton.jit
-def _store_pair(gu, off_m, off_n, first, second, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Store two (BLOCK_M, BLOCK_N) tiles into halves 0 and 1 of the (M, 2, N) descriptor `gu`:
-    the view of an (M, 2 N) buffer [first | second] whose bounds clip each half separately."""
-    dtype: tl.constexpr = gu.dtype
-    gu.store([off_m, 0, off_n], first.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
-    gu.store([off_m, 1, off_n], second.to(dtype).reshape(BLOCK_M, 1, BLOCK_N))
-
-
-@triton.jit
 def stacked_gemm_kernel(
     # tensor descriptors: A (M, K); the weights as one (2, N, K) tensor, gate first unless
-    # UP_FIRST; y (M, N) and dy (M, N); gu (M, 2, N), the view of [g | u] or [dg | du].
-    # Unused ones are None: y in the backward, dy in the forward, gu without STORE_PREACT.
-    a, w, y, gu, dy,
+    # UP_FIRST; y, dy and the pair (gate, up), g and u or dg and du, all (M, N). Unused ones
+    # are None: y in the backward, dy in the forward, gate and up without STORE_PREACT.
+    a, w, y, gate_out, up_out, dy,
     M, N, K, M_BUCKET, NUM_SMS,
     # the same meaning as dual_gemm_kernel's
     EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, UP_FIRST: tl.constexpr,
@@ -58,10 +49,12 @@ def stacked_gemm_kernel(
         if EPILOGUE == 0:
             y.store([off_m, off_n], (silu(gate) * up).to(y.dtype))
             if STORE_PREACT:
-                _store_pair(gu, off_m, off_n, gate, up, BLOCK_M, BLOCK_N)
+                gate_out.store([off_m, off_n], gate.to(gate_out.dtype))
+                up_out.store([off_m, off_n], up.to(up_out.dtype))
         else:
             # the backward sees g and u rounded to the storage dtype, as a stored forward would
-            gate = gate.to(gu.dtype).to(tl.float32)
-            up = up.to(gu.dtype).to(tl.float32)
+            gate = gate.to(gate_out.dtype).to(tl.float32)
+            up = up.to(up_out.dtype).to(tl.float32)
             d_gate, d_up = swiglu_grads(dy.load([off_m, off_n]).to(tl.float32), gate, up)
-            _store_pair(gu, off_m, off_n, d_gate, d_up, BLOCK_M, BLOCK_N)
+            gate_out.store([off_m, off_n], d_gate.to(gate_out.dtype))
+            up_out.store([off_m, off_n], d_up.to(up_out.dtype))
