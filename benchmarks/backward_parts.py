@@ -47,8 +47,8 @@ def parts(m, d_model, d_ff, dtype):
         dx.addmm_(d_up, w_up.t())
 
     fns.update({
-        "dx: mm + addmm_ (ours)": dx_addmm,
-        "dx: mm + addmm_, contiguous halves": lambda: torch.mm(d_gate_c, w_gate.t()).addmm_(
+        "dx: mm + addmm_, halves of one buffer": dx_addmm,
+        "dx: mm + addmm_, contiguous halves (ours)": lambda: torch.mm(d_gate_c, w_gate.t()).addmm_(
             d_up_c, w_up.t()),
         "dx: mm + mm + add": lambda: torch.mm(d_gate, w_gate.t()) + torch.mm(d_up, w_up.t()),
         "dx: mm + mm + add, contiguous halves":
