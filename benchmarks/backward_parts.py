@@ -48,8 +48,8 @@ def parts(m, d_model, d_ff, dtype):
 
     fns.update({
         "dx: mm + addmm_, halves of one buffer": dx_addmm,
-        "dx: mm + addmm_, contiguous halves (ours)": lambda: torch.mm(d_gate_c, w_gate.t()).addmm_(
-            d_up_c, w_up.t()),
+        "dx: mm + addmm_, contiguous halves (ours)":
+            lambda: torch.mm(d_gate_c, w_gate.t()).addmm_(d_up_c, w_up.t()),
         "dx: mm + mm + add": lambda: torch.mm(d_gate, w_gate.t()) + torch.mm(d_up, w_up.t()),
         "dx: mm + mm + add, contiguous halves":
             lambda: torch.mm(d_gate_c, w_gate.t()) + torch.mm(d_up_c, w_up.t()),
