@@ -117,12 +117,19 @@ def stacked_gemm_configs():
     return [make_stacked_config(128, 128, 64, 3, 8)]
 
 
-def stacked_shared_memory(config) -> int:
-    """Bytes of shared memory the stacked kernel's configuration takes: its pipeline stages of
-    A and the two weight tiles, plus the epilogue's staged (BLOCK_M, BLOCK_N) output tile
-    (16-bit operands: tensor descriptors are only used for those)."""
+def pipeline_shared_memory(config, element_size: int) -> int:
+    """Bytes of shared memory the main loop's pipeline takes: each stage holds a tile of A and
+    one tile of each weight."""
     bm, bn, bk = (config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-    return 2 * (config.num_stages * (bm * bk + 2 * bk * bn) + bm * bn)
+    return config.num_stages * (bm * bk + 2 * bk * bn) * element_size
+
+
+def stacked_shared_memory(config) -> int:
+    """Bytes of shared memory the stacked kernel's configuration takes: its pipeline, plus the
+    epilogue's staged (BLOCK_M, BLOCK_N) output tile (16-bit operands: tensor descriptors are
+    only used for those)."""
+    return pipeline_shared_memory(config, 2) + 2 * config.kwargs["BLOCK_M"] * config.kwargs[
+        "BLOCK_N"]
 
 
 # accumulator registers per thread above which a config spills
@@ -139,9 +146,9 @@ def _prune(configs, nargs, **kwargs):
                                                          "FP16_ACC"))
         if fp16_acc and not (args["FAST_ACCUM"] and element_size == 2):
             continue
-        shared = cfg.num_stages * (bm * bk + 2 * bk * bn) * element_size
         registers = 2 * bm * bn * (2 if fp16_acc else 4) // 4 // (32 * cfg.num_warps)
-        if shared > SHARED_MEMORY_LIMIT or registers > _ACCUMULATOR_REGISTER_LIMIT:
+        if (pipeline_shared_memory(cfg, element_size) > SHARED_MEMORY_LIMIT
+                or registers > _ACCUMULATOR_REGISTER_LIMIT):
             continue
         if element_size == 4:
             if bk == 32:
