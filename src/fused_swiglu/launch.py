@@ -182,7 +182,7 @@ def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, store_preact, fast_accum,
         out_b, out_c = pair if store_preact else (y, y)
         dy = y  # never read by the forward
     else:
-        (out_a, out_b), out_c = pair, pair[1]
+        (out_a, out_b), out_c = pair, pair[1]  # the backward writes out_a and out_b only
     # the two-MMA kernel takes descriptors for any row- or column-major operands whose two
     # weights share a layout; pointers otherwise
     a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
