@@ -8,14 +8,10 @@ import torch
 import triton
 
 from fused_swiglu import launch
-from fused_swiglu.bench import interleaved_medians, linear_layout_operands
+from fused_swiglu.bench import interleaved_medians, linear_layout_operands, median_ms
 
 SHAPES = [(8192, 4096, 11008), (16384, 4096, 14336), (4096, 8192, 28672), (8192, 8192, 28672),
           (512, 4096, 11008)]
-
-
-def median_ms(fn):
-    return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
 
 
 def parts(m, d_model, d_ff, dtype):

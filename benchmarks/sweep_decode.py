@@ -8,7 +8,7 @@ import triton
 from config_check import runs_correctly
 
 from fused_swiglu import launch
-from fused_swiglu.bench import interleaved_medians, linear_layout_operands
+from fused_swiglu.bench import graph_median_ms, interleaved_medians, linear_layout_operands
 from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
 from fused_swiglu.tuning import chosen_config, make_config, token_bucket
 
@@ -20,11 +20,6 @@ CANDIDATES = [
     (32, 32, 128, 3, 2), (32, 16, 256, 3, 2), (32, 16, 128, 6, 4), (32, 32, 128, 6, 4),
     (16, 32, 256, 4, 4), (16, 16, 256, 4, 4), (16, 64, 128, 4, 4), (64, 32, 128, 3, 4),
 ]
-
-
-def graph_ms(fn):
-    fn()
-    return triton.testing.do_bench_cudagraph(fn, rep=25, return_mode="median")
 
 
 def main(tokens):
@@ -49,7 +44,7 @@ def main(tokens):
                 name = "x".join(map(str, tile[:3])) + f" s{tile[3]} w{tile[4]}"
                 if runs_correctly(name, run, y, ref):
                     fns[name] = run
-            ms = interleaved_medians(graph_ms, fns)
+            ms = interleaved_medians(graph_median_ms, fns)
             key = (torch.cuda.get_device_name(), token_bucket(m), d_ff, d_model, dtype,
                    SWIGLU_FORWARD, False, False, False, False, False)
             chosen = chosen_config(key, False, False)

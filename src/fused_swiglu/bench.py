@@ -75,7 +75,7 @@ def median_ms(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
 
 
-def _graph_median_ms(fn):
+def graph_median_ms(fn):
     """Kernel time of fn replayed as a CUDA graph, as serving engines run decode steps: at a
     few tokens the host's launch overhead would otherwise be what is measured."""
     fn()  # compile and autotune outside the capture
@@ -144,7 +144,7 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     fwd = {BOUND: _no_grad(functools.partial(torch.mm, x, packed))}
     del packed  # only the bound's closure holds it, so that dropping that frees it
     fwd.update({name: _no_grad(lambda fn=fn: fn(x, w_gate, w_up)) for name, fn in impls.items()})
-    fwd_ms = interleaved_medians(median_ms if with_backward else _graph_median_ms, fwd)
+    fwd_ms = interleaved_medians(median_ms if with_backward else graph_median_ms, fwd)
     fwd[BOUND] = None  # frees the packed weight before the forward+backward timings
     fwd_bwd_ms = {}
     if with_backward:
