@@ -140,6 +140,14 @@ def _backward(ctx, dy, _unused_gate_grad, _unused_up_grad):
 swiglu_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _gate_grads_in_place(dy: Tensor, gate: Tensor, up: Tensor) -> None:
+    """Overwrite the saved g and u with dg and du, for the autograd.Functions below."""
+    launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up))
+    # the kernel wrote g and u behind autograd's back: say so, so that a second backward
+    # (retain_graph=True) raises instead of reading dg and du as g and u
+    torch.autograd.graph.increment_version((gate, up))
+
+
 class _EagerSwiGLU(torch.autograd.Function):
     """The same backward as the ops above, launching the kernels directly, in one node that
     returns y alone (g and u are saved intermediates). The forward takes ctx itself: with a
@@ -160,10 +168,8 @@ class _EagerSwiGLU(torch.autograd.Function):
         if ctx.recompute:
             grads = list(launch.swiglu_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum))
         else:
-            grads = list(launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up)))
-            # the kernel wrote g and u behind autograd's back: say so, so that a second
-            # backward (retain_graph=True) raises instead of reading dg and du as g and u
-            torch.autograd.graph.increment_version((gate, up))
+            _gate_grads_in_place(dy, gate, up)
+            grads = [gate, up]
         del gate, up
         return *_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), None, None
 
@@ -201,8 +207,7 @@ class _GatedProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, w_gate, w_up, gate, up = ctx.saved_tensors
-        launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up))
-        torch.autograd.graph.increment_version((gate, up))
+        _gate_grads_in_place(dy, gate, up)
         need_dx, need_dw_gate, _, need_d_up = ctx.needs_input_grad[:4]
         dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
         dw_gate = _weight_grad(gate, x) if need_dw_gate else None
