@@ -262,7 +262,7 @@ def package(bm, bn, bk, stages, warps):
         config = make_stacked_config(bm, bn, bk, stages, warps)
 
         def run():
-            launch._dual_gemm(x, w_gate, w_up, y, None, None, SWIGLU_FORWARD, False, False,
+            launch._dual_gemm(x, w_gate, w_up, y, None, None, SWIGLU_FORWARD, False,
                               config=config)
         return run, lambda: y, None
     return build

@@ -40,7 +40,7 @@ def main(tokens):
 
                 def run(cfg=cfg):
                     launch._dual_gemm(x, w_gate, w_up, y, None, None, SWIGLU_FORWARD, False,
-                                      False, config=cfg)
+                                      config=cfg)
                 name = "x".join(map(str, tile[:3])) + f" s{tile[3]} w{tile[4]}"
                 if runs_correctly(name, run, y, ref):
                     fns[name] = run

@@ -42,7 +42,7 @@ def main():
         for name, cfg in CONFIGS.items():
             def run(cfg=cfg, store=False):
                 launch._dual_gemm(x, w_gate, w_up, y, pair if store else None, None,
-                                  SWIGLU_FORWARD, store, False, config=cfg)
+                                  SWIGLU_FORWARD, False, config=cfg)
             if not runs_correctly(name, run, y, ref):
                 continue
             fns[name] = run

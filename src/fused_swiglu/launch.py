@@ -116,12 +116,14 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
     """Launch with the configuration chosen for `key` (the autotuner's, on the first call), or
     `config` (for benchmarks of configurations). key[0] is the GPU model; set_blocks, None
     without tensor descriptors, gives the descriptors the configuration's block shapes."""
+    def named_args():
+        return {**dict(zip(kernel.arg_names, args)), **flags}
+
     chosen = with_launch_kwargs(config) if config else chosen_config(key, fast_accum, stacked)
     if chosen is None and torch.cuda.is_current_stream_capturing():
         # nothing can be timed while a CUDA graph is captured: launch a default configuration
         # and remember nothing, so that the first call outside a capture still tunes
-        nargs = {**dict(zip(kernel.arg_names, args)), **flags}
-        chosen = with_launch_kwargs(untimed_config(stacked, nargs))
+        chosen = with_launch_kwargs(untimed_config(stacked, named_args()))
     if chosen is None:
         # first call for this problem: the autotuner times the configurations and launches
         tuner = tuned_kernel(key[0])
@@ -132,7 +134,7 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
     # argument handling cost host time that short kernels cannot hide
     config, launch_kwargs = chosen
     if set_blocks is not None:  # what the configuration's pre-hook would do
-        set_blocks({**dict(zip(kernel.arg_names, args)), **flags, **config.kwargs})
+        set_blocks({**named_args(), **config.kwargs})
     kernel[grid](*args, **flags, **launch_kwargs)
 
 
@@ -159,15 +161,16 @@ def _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config):
                   False, config, set_stacked_descriptor_blocks)
 
 
-def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, store_preact, fast_accum, config=None):
+def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None):
     """The SwiGLU epilogue of a @ b_gate and a @ b_up, by tiles, on 2-D operands of any strides.
 
-    Forward (SWIGLU_FORWARD): y = silu(g) * u, and with store_preact g and u into `pair`, two
-    (M, N) tensors of the same strides. Backward (SWIGLU_BACKWARD): dg and du into `pair` from
+    Forward (SWIGLU_FORWARD): y = silu(g) * u, and g and u into `pair`, two (M, N) tensors of
+    the same strides, unless it is None. Backward (SWIGLU_BACKWARD): dg and du into `pair` from
     dy. With the autotuner's choice of configuration, or `config` (for benchmarks of
     configurations)."""
     M, K = a.shape
     N = b_gate.shape[1]
+    store_preact = epilogue == SWIGLU_FORWARD and pair is not None
     # (storage, transposed) of each operand for tensor descriptors; None where they are not
     # used or cannot describe it
     storages = [_storage_for_tma(t) for t in (a, b_gate, b_up)] if _use_tma(a, N) else [None]
@@ -228,7 +231,7 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     M, N = x.shape[0], w_gate.shape[1]
     y = new_output((M, N), x)
     pair = (new_output((M, N), x), new_output((M, N), x)) if store_preact else None
-    _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, store_preact, fast_accum)
+    _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum)
     return (y, *pair) if store_preact else (y, None, None)
 
 
@@ -256,5 +259,5 @@ def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool):
     epilogue."""
     M, N = dy.shape
     pair = (new_output((M, N), x), new_output((M, N), x))
-    _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, False, fast_accum)
+    _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum)
     return pair

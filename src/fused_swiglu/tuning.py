@@ -128,8 +128,8 @@ def stacked_shared_memory(config) -> int:
     """Bytes of shared memory the stacked kernel's configuration takes: its pipeline, plus the
     epilogue's staged (BLOCK_M, BLOCK_N) output tile (16-bit operands: tensor descriptors are
     only used for those)."""
-    return pipeline_shared_memory(config, 2) + 2 * config.kwargs["BLOCK_M"] * config.kwargs[
-        "BLOCK_N"]
+    staged_output = config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"]
+    return pipeline_shared_memory(config, 2) + 2 * staged_output
 
 
 # accumulator registers per thread above which a config spills
