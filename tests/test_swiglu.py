@@ -401,7 +401,8 @@ def test_opcheck():
                                       "test_faketensor"))
     dy = torch.randn(37, 80, device=DEVICE)
     _, gate, up = ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
-    torch.library.opcheck(ops.gate_grads_inplace, (dy, gate, up))
+    torch.library.opcheck(ops.gate_grad, (dy, gate, up))
+    torch.library.opcheck(ops.up_grad, (dy, gate))
     torch.library.opcheck(ops.gate_grads_recompute, (dy, x.detach(), w_gate, w_up, False))
 
 
@@ -412,10 +413,15 @@ def test_gate_grads_kernel_writes_every_element(m, d_ff, dtype):
     from fused_swiglu import launch
     dy, gate, up = (torch.randn(m, d_ff, device=DEVICE, dtype=dtype) for _ in range(3))
     d_gate, d_up = launch.swiglu_grads_from_preact(dy, gate, up)
+    # the compiled backward's two passes, one output each
+    d_gate_alone = launch.gate_grad_from_preact(dy, gate, up)
+    d_up_alone = launch.up_grad_from_preact(dy, gate)
     g, u, dy = gate.double(), up.double(), dy.double()
     sig = torch.sigmoid(g)
-    assert relative_error(d_gate, dy * u * sig * (1 + g * (1 - sig))) <= TOLERANCE[dtype]
-    assert relative_error(d_up, dy * g * sig) <= TOLERANCE[dtype]
+    for dg in (d_gate, d_gate_alone):
+        assert relative_error(dg, dy * u * sig * (1 + g * (1 - sig))) <= TOLERANCE[dtype]
+    for du in (d_up, d_up_alone):
+        assert relative_error(du, dy * g * sig) <= TOLERANCE[dtype]
 
 
 def test_second_backward_needs_recompute(graph):
@@ -446,6 +452,33 @@ def test_torch_compile_fullgraph():
     mlp(x_ref).sum().backward()
     assert relative_error(out, mlp(x).detach().double()) <= TOLERANCE[torch.float32]
     assert relative_error(x.grad, x_ref.grad.double()) <= TOLERANCE[torch.float32]
+
+
+def test_compiled_backward_copies_nothing():
+    # an op that overwrote the saved g and u in a compiled backward would be functionalized
+    # into copies of both first (inductor does not overwrite a graph's inputs)
+    from torch._dynamo.backends.common import aot_autograd
+    torch._dynamo.reset()
+    backward_graphs = []
+
+    def keep_backward(graph, example_inputs):
+        backward_graphs.append(graph)
+        return graph
+
+    backend = aot_autograd(fw_compiler=lambda graph, inputs: graph, bw_compiler=keep_backward)
+    compiled = torch.compile(swiglu, fullgraph=True, backend=backend)
+    leaves = [t.requires_grad_() for t in make_inputs((5,), 48, 80, torch.float32)]
+    out = compiled(*leaves)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    _, ref_grads = reference_with_grads(*leaves, dy)
+    for leaf, ref in zip(leaves, ref_grads):
+        assert relative_error(leaf.grad, ref) <= TOLERANCE[torch.float32]
+    (graph,) = backward_graphs
+    targets = [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+    assert "fused_swiglu.gate_grad.default" in targets
+    assert "fused_swiglu.up_grad.default" in targets
+    assert not any("auto_functionalized" in t or "clone" in t or "copy" in t for t in targets)
 
 
 def test_autocast():

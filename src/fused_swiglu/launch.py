@@ -240,7 +240,28 @@ def swiglu_grads_from_preact(dy, gate, up, out=None):
     each element is read before it is overwritten, by the same program)."""
     M, N = dy.shape
     d_gate, d_up = (new_output((M, N), gate), new_output((M, N), up)) if out is None else out
-    strides = {t.stride() for t in (gate, up, d_gate, d_up)}
+    _gate_grads(dy, gate, up, d_gate, d_up)
+    return d_gate, d_up
+
+
+def gate_grad_from_preact(dy, gate, up):
+    """dg alone, in a new tensor."""
+    d_gate = new_output(dy.shape, gate)
+    _gate_grads(dy, gate, up, d_gate, None)
+    return d_gate
+
+
+def up_grad_from_preact(dy, gate):
+    """du alone, in a new tensor: it needs dy and g, not u."""
+    d_up = new_output(dy.shape, gate)
+    _gate_grads(dy, gate, None, None, d_up)
+    return d_up
+
+
+def _gate_grads(dy, gate, up, d_gate, d_up):
+    """The elementwise backward pass; up and d_gate, or d_up, may be None."""
+    M, N = dy.shape
+    strides = {t.stride() for t in (gate, up, d_gate, d_up) if t is not None}
     if len(strides) != 1:
         raise ValueError(f"g, u, dg and du must share strides, got {sorted(strides)}")
     block_m, block_n = 4, min(512, 1 << (N - 1).bit_length())
@@ -251,7 +272,6 @@ def swiglu_grads_from_preact(dy, gate, up, out=None):
         dy.stride(0), dy.stride(1), gate.stride(0), gate.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
     )
-    return d_gate, d_up
 
 
 def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool):

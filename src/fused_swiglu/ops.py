@@ -22,11 +22,16 @@ def _torch_preact(x: Tensor, w_gate: Tensor, w_up: Tensor):
     return x @ w_gate.float(), x @ w_up.float()
 
 
-def _torch_gate_grads(dy: Tensor, gate: Tensor, up: Tensor):
-    """(dg, du) in float32 from dy and g, u (both already rounded to the storage dtype)."""
+def _torch_gate_grad(dy: Tensor, gate: Tensor, up: Tensor) -> Tensor:
+    """dg in float32 from dy and g, u (both already rounded to the storage dtype)."""
     gate, up, dy = gate.float(), up.float(), dy.float()
     sig = torch.sigmoid(gate)
-    return dy * up * sig * (1 + gate * (1 - sig)), dy * gate * sig
+    return dy * up * sig * (1 + gate * (1 - sig))
+
+
+def _torch_up_grad(dy: Tensor, gate: Tensor) -> Tensor:
+    """du in float32 from dy and g."""
+    return dy.float() * torch.nn.functional.silu(gate.float())
 
 
 @torch.library.custom_op("fused_swiglu::swiglu_forward", mutates_args=())
@@ -51,20 +56,37 @@ def _(x, w_gate, w_up, fast_accum, store_preact):
     return x.new_empty(shape), x.new_empty(preact_shape), x.new_empty(preact_shape)
 
 
-@torch.library.custom_op("fused_swiglu::gate_grads_inplace", mutates_args=("gate", "up"))
-def gate_grads_inplace(dy: Tensor, gate: Tensor, up: Tensor) -> None:
-    """Overwrite the stored g and u with dg and du: the backward needs no second buffer."""
+# The compiled backward's gate gradients are not computed in place, unlike the eager one's:
+# in a compiled backward the saved g and u are inputs of the graph, which inductor does not let
+# an op overwrite, so an in-place op runs after copies of both (measured: 0.3 ms, 5% of
+# forward+backward at 8192 x 4096 x 11008 on an H200). Two ops instead, dg first: u is dead
+# after it, so the graph frees it before du is allocated, and the backward holds at most one
+# tokens x d_ff buffer more than in place would.
+
+@torch.library.custom_op("fused_swiglu::gate_grad", mutates_args=())
+def gate_grad(dy: Tensor, gate: Tensor, up: Tensor) -> Tensor:
+    """dg = dy * u * silu'(g) from dy and the stored g and u, in a new tensor."""
     if _runs_triton(dy):
-        launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up))
-    else:
-        d_gate, d_up = _torch_gate_grads(dy, gate, up)
-        gate.copy_(d_gate)
-        up.copy_(d_up)
+        return launch.gate_grad_from_preact(dy, gate, up)
+    return _torch_gate_grad(dy, gate, up).to(gate.dtype)
 
 
-@gate_grads_inplace.register_fake
+@gate_grad.register_fake
 def _(dy, gate, up):
-    return None
+    return gate.new_empty(gate.shape)
+
+
+@torch.library.custom_op("fused_swiglu::up_grad", mutates_args=())
+def up_grad(dy: Tensor, gate: Tensor) -> Tensor:
+    """du = dy * silu(g) from dy and the stored g, in a new tensor."""
+    if _runs_triton(dy):
+        return launch.up_grad_from_preact(dy, gate)
+    return _torch_up_grad(dy, gate).to(gate.dtype)
+
+
+@up_grad.register_fake
+def _(dy, gate):
+    return gate.new_empty(gate.shape)
 
 
 @torch.library.custom_op("fused_swiglu::gate_grads_recompute", mutates_args=())
@@ -74,7 +96,7 @@ def gate_grads_recompute(dy: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor,
     if _runs_triton(x, w_gate):
         return launch.swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum)
     gate, up = (t.to(x.dtype) for t in _torch_preact(x, w_gate, w_up))
-    return tuple(t.to(x.dtype) for t in _torch_gate_grads(dy, gate, up))
+    return _torch_gate_grad(dy, gate, up).to(x.dtype), _torch_up_grad(dy, gate).to(x.dtype)
 
 
 @gate_grads_recompute.register_fake
@@ -129,10 +151,7 @@ def _backward(ctx, dy, _unused_gate_grad, _unused_up_grad):
     if ctx.recompute:
         grads = list(gate_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum))
     else:
-        # a second backward through this graph (retain_graph=True) finds g and u modified and
-        # autograd's version check raises; recompute=True supports it
-        gate_grads_inplace(dy, gate, up)
-        grads = [gate, up]
+        grads = [gate_grad(dy, gate, up), up_grad(dy, gate)]
     del gate, up
     return *_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), None, None
 

@@ -8,7 +8,9 @@ from .common import swiglu_grads
 
 @triton.jit
 def glu_backward_kernel(
-    # pointers: g and u in, dg and du out (which may be g and u themselves)
+    # pointers: g and u in, dg and du out (which may be g and u themselves). d_gate or d_up
+    # may be None, for a pass that writes only the other; up is None where d_gate is, since du
+    # does not depend on u
     dy, gate, up, d_gate, d_up,
     # sizes: every matrix is M x N
     M, N,
@@ -24,7 +26,12 @@ def glu_backward_kernel(
     grad = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
                    mask=mask, other=0.0).to(tl.float32)
     g = tl.load(gate + offsets, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(up + offsets, mask=mask, other=0.0).to(tl.float32)
+    if up is not None:
+        u = tl.load(up + offsets, mask=mask, other=0.0).to(tl.float32)
+    else:
+        u = g  # only du is written, which does not read u
     dg, du = swiglu_grads(grad, g, u)
-    tl.store(d_gate + offsets, dg.to(d_gate.dtype.element_ty), mask=mask)
-    tl.store(d_up + offsets, du.to(d_up.dtype.element_ty), mask=mask)
+    if d_gate is not None:
+        tl.store(d_gate + offsets, dg.to(d_gate.dtype.element_ty), mask=mask)
+    if d_up is not None:
+        tl.store(d_up + offsets, du.to(d_up.dtype.element_ty), mask=mask)

@@ -1,0 +1,112 @@
+"""The GPU timeline of one forward+backward: each kernel's time, their sum, and the idle time
+between them, for this package (one-node and two-node graphs) and Liger-Kernel. Where the
+benchmark's forward+backward time exceeds the sum of its kernels, the rest is the GPU waiting
+(on the host, the allocator or a synchronisation). GPU only, from the repository root:
+
+    python benchmarks/profile_step.py [M,d_model,d_ff ...]
+
+Also times forward+backward of the two graphs against Liger, interleaved, at each shape: the
+choice of ops.TWO_NODE_MIN_WORK."""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+import torch
+import triton
+
+from fused_swiglu import ops, swiglu
+from fused_swiglu.bench import implementations, linear_layout_operands, median_ms
+
+SHAPES = [(4096, 2048, 5632), (8192, 2048, 5632), (8192, 4096, 11008), (512, 8192, 28672)]
+PROFILED_STEPS = 5
+ROUNDS = 7
+
+
+def _graph(two_nodes):
+    """swiglu that builds the one-node or the two-node graph whatever the size."""
+    def run(x, w_gate, w_up):
+        saved = ops.TWO_NODE_MIN_WORK
+        ops.TWO_NODE_MIN_WORK = 1 if two_nodes else 2 ** 62
+        try:
+            return swiglu(x, w_gate, w_up)
+        finally:
+            ops.TWO_NODE_MIN_WORK = saved
+    return run
+
+
+_GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
+
+
+def _kernels(prof):
+    """(name, start us, duration us) of every GPU activity in the profiler's trace, by start."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)
+    events = [(e["name"], e["ts"], e["dur"]) for e in trace["traceEvents"]
+              if e.get("cat") in _GPU_CATEGORIES]
+    return sorted(events, key=lambda e: e[1])
+
+
+def timeline(step):
+    """(median kernel sum, median span first start to last end, one step's kernels)."""
+    sums, spans, last = [], [], None
+    for _ in range(PROFILED_STEPS):
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        kernels = _kernels(prof)
+        sums.append(sum(k[2] for k in kernels))
+        spans.append(max(k[1] + k[2] for k in kernels) - kernels[0][1])
+        last = kernels
+    return statistics.median(sums), statistics.median(spans), last
+
+
+def main(shapes):
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    liger = implementations(torch.bfloat16).get("liger")
+    impls = {"one node": _graph(False), "two nodes": _graph(True)}
+    if liger is not None:
+        impls["liger"] = liger
+    summary = []
+    for m, d_model, d_ff in shapes:
+        x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
+        for t in (x, w_gate, w_up):
+            t.requires_grad_(True)
+        dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
+        steps = {name: (lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up),
+                                                          (x, w_gate, w_up), dy))
+                 for name, fn in impls.items()}
+        for step in steps.values():
+            step()
+        print(f"\n{m}x{d_model}x{d_ff} bfloat16")
+        bench = _medians(steps)
+        for name, step in steps.items():
+            kernel_us, span_us, kernels = timeline(step)
+            summary.append((f"{m}x{d_model}x{d_ff}", name, bench[name] * 1e3, kernel_us, span_us))
+            print(f"  {name}: " + ", ".join(f"{k[0][:40]} {k[2]:.0f}" for k in kernels))
+    print(f"\n{'shape':18s} {'graph':10s} {'bench us':>9s} {'kernels us':>11s} "
+          f"{'span us':>8s} {'idle us':>8s}")
+    for shape, name, bench_us, kernel_us, span_us in summary:
+        print(f"{shape:18s} {name:10s} {bench_us:9.1f} {kernel_us:11.1f} {span_us:8.1f} "
+              f"{span_us - kernel_us:8.1f}")
+
+
+def _medians(steps):
+    """Like bench.interleaved_medians, over ROUNDS rounds: the graphs differ by about 1%."""
+    samples = {name: [] for name in steps}
+    for _ in range(ROUNDS):
+        for name, step in steps.items():
+            samples[name].append(median_ms(step))
+    for name, times in samples.items():
+        print(f"  {name}: " + " ".join(f"{t:.3f}" for t in times) + " ms")
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+if __name__ == "__main__":
+    main([tuple(int(v) for v in arg.split(",")) for arg in sys.argv[1:]] or SHAPES)
