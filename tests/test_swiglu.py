@@ -3,11 +3,14 @@ shapes) and on CUDA (the same tests plus real model shapes, autocast, torch.comp
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import DEVICE, ON_GPU
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_swiglu
 from fused_swiglu import FastAccumFusedSwiGLU, FusedSwiGLU, SwiGLUMLP, swiglu, swiglu_reference
+from fused_swiglu.kernels.common import rounded
 
 # Bounds on ||ours - ref|| / ||ref||: fused_swiglu.reference.TOLERANCE says where they come from.
 TOLERANCE = fused_swiglu.reference.TOLERANCE
@@ -452,6 +455,24 @@ def test_torch_compile_fullgraph():
     mlp(x_ref).sum().backward()
     assert relative_error(out, mlp(x).detach().double()) <= TOLERANCE[torch.float32]
     assert relative_error(x.grad, x_ref.grad.double()) <= TOLERANCE[torch.float32]
+
+
+@triton.jit
+def _to_bfloat16(src, dst, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    tl.store(dst + offsets, rounded(tl.load(src + offsets), tl.bfloat16))
+
+
+def test_bfloat16_stores_round_to_nearest_even():
+    # as a GPU converts (the interpreter alone truncates, without the kernels' helper)
+    tie = 1 + 2 ** -8  # halfway between two bfloat16 numbers: rounds to the even one, 1.0
+    values = [1 + 2 ** -8 + 2 ** -10, 1 + 2 ** -8 - 2 ** -10, tie, 1 + 3 * 2 ** -8,
+              -(1 + 2 ** -8 + 2 ** -10), 3.0e38, float("inf"), float("nan")]
+    values += torch.randn(8).tolist()
+    src = torch.tensor(values, device=DEVICE)
+    dst = torch.empty(16, device=DEVICE, dtype=torch.bfloat16)
+    _to_bfloat16[(1,)](src, dst, BLOCK=16)
+    torch.testing.assert_close(dst, src.to(torch.bfloat16), rtol=0, atol=0, equal_nan=True)
 
 
 def test_compiled_backward_copies_nothing():

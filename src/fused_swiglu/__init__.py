@@ -1,10 +1,10 @@
 """Fused SwiGLU forward and backward Triton kernels for PyTorch."""
 
-from .functional import FastAccumFusedSwiGLU, FusedSwiGLU, swiglu
+from .functional import FastAccumFusedSwiGLU, FusedSwiGLU, swiglu, swiglu_mlp
 from .modules import SwiGLUMLP
 from .reference import swiglu_reference
 
 __version__ = "0.1.0"
 
-__all__ = ["FastAccumFusedSwiGLU", "FusedSwiGLU", "SwiGLUMLP", "swiglu", "swiglu_reference",
-           "__version__"]
+__all__ = ["FastAccumFusedSwiGLU", "FusedSwiGLU", "SwiGLUMLP", "swiglu", "swiglu_mlp",
+           "swiglu_reference", "__version__"]

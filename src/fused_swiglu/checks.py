@@ -32,3 +32,19 @@ def check_swiglu_inputs(x, w_gate, w_up, fast_accum: bool) -> None:
     if x.dim() == 0 or x.shape[-1] != w_gate.shape[0]:
         raise ValueError(f"swiglu: x {tuple(x.shape)} must end in d_model = {w_gate.shape[0]}, "
                          f"the first dimension of the weights {tuple(w_gate.shape)}")
+
+
+def check_down_projection(w_down, w_gate) -> None:
+    """w_down after check_swiglu_inputs passed for the other three."""
+    if not isinstance(w_down, torch.Tensor):
+        raise TypeError(f"swiglu_mlp: w_down must be a torch.Tensor, got {type(w_down).__name__}")
+    if w_down.dtype != w_gate.dtype:
+        raise TypeError(f"swiglu_mlp: w_down must have the dtype of x and the weights, got "
+                        f"w_down {w_down.dtype}, w_gate {w_gate.dtype}")
+    if w_down.device != w_gate.device:
+        raise ValueError(f"swiglu_mlp: w_down must be on the device of x and the weights, got "
+                         f"w_down on {w_down.device}, w_gate on {w_gate.device}")
+    d_model, d_ff = w_gate.shape
+    if w_down.dim() != 2 or w_down.shape != (d_ff, d_model):
+        raise ValueError(f"swiglu_mlp: w_down {tuple(w_down.shape)} must be (d_ff, d_model) = "
+                         f"{(d_ff, d_model)}, the transpose of the weights' shape")

@@ -4,7 +4,8 @@ import functools
 
 import torch
 
-from .kernels.dual_gemm import SWIGLU_BACKWARD, SWIGLU_FORWARD, dual_gemm_kernel
+from .kernels.dual_gemm import (SWIGLU_BACKWARD, SWIGLU_BACKWARD_AND_PRODUCT, SWIGLU_FORWARD,
+                                dual_gemm_kernel)
 from .kernels.glu_backward import glu_backward_kernel
 from .kernels.stacked_gemm import stacked_gemm_kernel
 from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
@@ -166,8 +167,8 @@ def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None):
 
     Forward (SWIGLU_FORWARD): y = silu(g) * u, and g and u into `pair`, two (M, N) tensors of
     the same strides, unless it is None. Backward (SWIGLU_BACKWARD): dg and du into `pair` from
-    dy. With the autotuner's choice of configuration, or `config` (for benchmarks of
-    configurations)."""
+    dy; SWIGLU_BACKWARD_AND_PRODUCT also y = silu(g) * u into `y`, of the pair's strides. With
+    the autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
     M, K = a.shape
     N = b_gate.shape[1]
     store_preact = epilogue == SWIGLU_FORWARD and pair is not None
@@ -185,7 +186,8 @@ def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None):
         out_b, out_c = pair if store_preact else (y, y)
         dy = y  # never read by the forward
     else:
-        (out_a, out_b), out_c = pair, pair[1]  # the backward writes out_a and out_b only
+        # out_c is written with the product only
+        (out_a, out_b), out_c = pair, (y if y is not None else pair[1])
     # the two-MMA kernel takes descriptors for any row- or column-major operands whose two
     # weights share a layout; pointers otherwise
     a_arg, b_gate_arg, b_up_arg = a, b_gate, b_up
@@ -235,12 +237,13 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     return (y, *pair) if store_preact else (y, None, None)
 
 
-def swiglu_grads_from_preact(dy, gate, up, out=None):
+def swiglu_grads_from_preact(dy, gate, up, out=None, product=None):
     """(dg, du) from dy and the stored g and u, into `out` (which may be (gate, up) itself:
-    each element is read before it is overwritten, by the same program)."""
+    each element is read before it is overwritten, by the same program); with `product` (a
+    tensor of g's strides), y = silu(g) * u into it as well."""
     M, N = dy.shape
     d_gate, d_up = (new_output((M, N), gate), new_output((M, N), up)) if out is None else out
-    _gate_grads(dy, gate, up, d_gate, d_up)
+    _gate_grads(dy, gate, up, d_gate, d_up, product)
     return d_gate, d_up
 
 
@@ -258,26 +261,30 @@ def up_grad_from_preact(dy, gate):
     return d_up
 
 
-def _gate_grads(dy, gate, up, d_gate, d_up):
-    """The elementwise backward pass; up and d_gate, or d_up, may be None."""
+def _gate_grads(dy, gate, up, d_gate, d_up, product=None):
+    """The elementwise backward pass; up and d_gate, or d_up, may be None, and product is."""
     M, N = dy.shape
-    strides = {t.stride() for t in (gate, up, d_gate, d_up) if t is not None}
+    strides = {t.stride() for t in (gate, up, d_gate, d_up, product) if t is not None}
     if len(strides) != 1:
-        raise ValueError(f"g, u, dg and du must share strides, got {sorted(strides)}")
+        raise ValueError(f"g, u, dg, du and y must share strides, got {sorted(strides)}")
     block_m, block_n = 4, min(512, 1 << (N - 1).bit_length())
     grid = (_cdiv(M, block_m), _cdiv(N, block_n))
     glu_backward_kernel[grid](
-        dy, gate, up, d_gate, d_up,
+        dy, gate, up, d_gate, d_up, product,
         M, N,
         dy.stride(0), dy.stride(1), gate.stride(0), gate.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
     )
 
 
-def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool):
+def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool, with_product=False):
     """(dg, du), two (M, d_ff) tensors of their own, recomputing g and u in the GEMM's
-    epilogue."""
+    epilogue; with_product: (dg, du, y), y = silu(g) * u recomputed too."""
     M, N = dy.shape
     pair = (new_output((M, N), x), new_output((M, N), x))
-    _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum)
-    return pair
+    if not with_product:
+        _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum)
+        return pair
+    y = new_output((M, N), x)
+    _dual_gemm(x, w_gate, w_up, y, pair, dy, SWIGLU_BACKWARD_AND_PRODUCT, fast_accum)
+    return (*pair, y)

@@ -2,15 +2,16 @@
 
 from torch import Tensor, nn
 
-from .functional import swiglu
+from .functional import swiglu_mlp
 
 
 class SwiGLUMLP(nn.Module):
-    """``down_proj(silu(gate_proj(x)) * up_proj(x))`` with the gate fused.
+    """``down_proj(silu(gate_proj(x)) * up_proj(x))`` with the gate fused (:func:`swiglu_mlp`).
 
     The parameter names match HuggingFace's LlamaMLP, MistralMLP and Qwen2MLP, so such an MLP's
-    state_dict loads as it is. ``recompute=True`` keeps nothing of size tokens x
-    intermediate_size for the backward (it recomputes the two projections instead).
+    state_dict loads as it is. Autograd keeps two tensors of size tokens x intermediate_size
+    for the backward (the pre-activations; not the input of down_proj, which the backward
+    writes again), and with ``recompute=True`` none (it recomputes the two projections).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, *, device=None, dtype=None,
@@ -24,6 +25,5 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # nn.Linear keeps (out, in) weights: their transposes are strided views, not copies
-        hidden = swiglu(x, self.gate_proj.weight.T, self.up_proj.weight.T,
-                        recompute=self.recompute)
-        return self.down_proj(hidden)
+        return swiglu_mlp(x, self.gate_proj.weight.T, self.up_proj.weight.T,
+                          self.down_proj.weight.T, recompute=self.recompute)

@@ -159,9 +159,10 @@ def _backward(ctx, dy, _unused_gate_grad, _unused_up_grad):
 swiglu_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _gate_grads_in_place(dy: Tensor, gate: Tensor, up: Tensor) -> None:
-    """Overwrite the saved g and u with dg and du, for the autograd.Functions below."""
-    launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up))
+def _gate_grads_in_place(dy: Tensor, gate: Tensor, up: Tensor, product=None) -> None:
+    """Overwrite the saved g and u with dg and du, for the autograd.Functions below (and write
+    y = silu(g) * u into `product` unless it is None)."""
+    launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up), product=product)
     # the kernel wrote g and u behind autograd's back: say so, so that a second backward
     # (retain_graph=True) raises instead of reading dg and du as g and u
     torch.autograd.graph.increment_version((gate, up))
@@ -260,3 +261,49 @@ def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
     if store_preact and x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK:
         return _two_node_swiglu(x, w_gate, w_up, fast_accum)
     return _EagerSwiGLU.apply(x, w_gate, w_up, fast_accum, store_preact)
+
+
+class _EagerSwiGLUMLP(torch.autograd.Function):
+    """(silu(x @ w_gate) * (x @ w_up)) @ w_down in one node that keeps g and u (with recompute,
+    neither) but not the SwiGLU output y. Separate nodes would keep y from the forward to the
+    backward, for the down projection's weight gradient: a third tokens x d_ff tensor. Here the
+    backward's pass that computes dg and du writes y again (one tokens x d_ff write more) just
+    before that gradient needs it, while the memory for the down projection's input gradient
+    is held anyway: the backward peaks no higher than with separate nodes."""
+
+    @staticmethod
+    def forward(ctx, x, w_gate, w_up, w_down, fast_accum, recompute):
+        hidden, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, not recompute)
+        ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
+        ctx.fast_accum = fast_accum
+        ctx.recompute = recompute
+        return torch.mm(hidden, w_down)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+        need_w_down = ctx.needs_input_grad[3]
+        d_hidden = torch.mm(d_out, w_down.t())
+        if ctx.recompute:
+            grads = list(launch.swiglu_grads_recompute(d_hidden, x, w_gate, w_up,
+                                                        ctx.fast_accum, with_product=need_w_down))
+            hidden = grads.pop() if need_w_down else None
+        else:
+            hidden = launch.new_output(gate.shape, gate) if need_w_down else None
+            _gate_grads_in_place(d_hidden, gate, up, product=hidden)
+            grads = [gate, up]
+        del d_hidden, gate, up
+        dw_down = _weight_grad(d_out, hidden) if need_w_down else None
+        del hidden
+        return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), dw_down,
+                None, None)
+
+
+def swiglu_mlp_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, fast_accum: bool,
+                  recompute: bool, needs_grad: bool) -> Tensor:
+    """The SwiGLU block with its down projection, for 2-D x, with autograd."""
+    if needs_grad and not torch.compiler.is_compiling() and _runs_triton(x, w_gate):
+        return _EagerSwiGLUMLP.apply(x, w_gate, w_up, w_down, fast_accum, recompute)
+    # torch.compile's partitioner decides what to keep; without gradients nothing is kept
+    hidden = swiglu_2d(x, w_gate, w_up, fast_accum, needs_grad and not recompute, needs_grad)
+    return torch.mm(hidden, w_down)

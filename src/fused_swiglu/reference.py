@@ -6,10 +6,11 @@ import torch
 # ||ours - ref|| / ||ref|| against a float64 reference, for the output and for each gradient.
 # bfloat16 keeps 8 significant bits (unit roundoff 2**-9 = 2.0e-3) and float16 11
 # (2**-11 = 4.9e-4); inputs, g, u, dg, du and the result are each rounded once, so a correct
-# kernel lands at a few unit roundoffs (measured up to 7e-3 in bfloat16 and 4e-4 in float16).
-# float32 runs in full precision (no TF32): 1e-4 leaves room for accumulation order over K in
-# the thousands. The tests also hold the forward within 2x of eager PyTorch's own error.
-TOLERANCE = {torch.bfloat16: 1.5e-2, torch.float16: 5e-3, torch.float32: 1e-4}
+# kernel lands at a few unit roundoffs: measured on the CPU test shapes up to 3.8e-3 in
+# bfloat16 and 5.4e-4 in float16, where eager PyTorch's own error in the same dtype reaches
+# 4.8e-3 and 6.0e-4. The bounds are about twice eager PyTorch's error. float32 runs in full
+# precision (no TF32): 1e-4 leaves room for accumulation order over K in the thousands.
+TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 1.2e-3, torch.float32: 1e-4}
 
 
 def swiglu_reference(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:

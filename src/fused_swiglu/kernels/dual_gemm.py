@@ -4,11 +4,14 @@ of A, and an epilogue turns the pair into the SwiGLU output or its gradients."""
 import triton
 import triton.language as tl
 
-from .common import grouped_tile, load_tile, mma, silu, swiglu_grads
+from .common import grouped_tile, load_tile, mma, rounded, silu, swiglu_grads
 
 # Epilogues (values of EPILOGUE).
 SWIGLU_FORWARD = 0  # out_a = silu(g) * u; with STORE_PREACT also out_b = g, out_c = u
 SWIGLU_BACKWARD = 1  # out_a = dy * u * silu'(g), out_b = dy * silu(g): recomputed g, u
+# the backward's outputs, and out_c = silu(g) * u: the SwiGLU output again, for the weight
+# gradient of a down projection that did not keep it
+SWIGLU_BACKWARD_AND_PRODUCT = 2
 
 
 @triton.jit
@@ -61,16 +64,19 @@ def dual_gemm_kernel(
     up = acc_u.to(tl.float32)
     if EPILOGUE == 0:
         y = silu(gate) * up
-        tl.store(out_a + a_offsets, y.to(out_a.dtype.element_ty), mask=mask)
+        tl.store(out_a + a_offsets, rounded(y, out_a.dtype.element_ty), mask=mask)
         if STORE_PREACT:
-            tl.store(out_b + b_offsets, acc_g.to(out_b.dtype.element_ty), mask=mask)
-            tl.store(out_c + b_offsets, acc_u.to(out_c.dtype.element_ty), mask=mask)
+            tl.store(out_b + b_offsets, rounded(acc_g, out_b.dtype.element_ty), mask=mask)
+            tl.store(out_c + b_offsets, rounded(acc_u, out_c.dtype.element_ty), mask=mask)
     else:
+        if EPILOGUE == 2:  # from the unrounded g and u, as the forward computed it
+            y = silu(gate) * up
+            tl.store(out_c + b_offsets, rounded(y, out_c.dtype.element_ty), mask=mask)
         # the backward sees g and u rounded to the storage dtype, as a stored forward would
-        gate = gate.to(out_a.dtype.element_ty).to(tl.float32)
-        up = up.to(out_a.dtype.element_ty).to(tl.float32)
+        gate = rounded(gate, out_a.dtype.element_ty).to(tl.float32)
+        up = rounded(up, out_a.dtype.element_ty).to(tl.float32)
         dy_tile = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
                           mask=mask, other=0.0).to(tl.float32)
         d_gate, d_up = swiglu_grads(dy_tile, gate, up)
-        tl.store(out_a + a_offsets, d_gate.to(out_a.dtype.element_ty), mask=mask)
-        tl.store(out_b + b_offsets, d_up.to(out_b.dtype.element_ty), mask=mask)
+        tl.store(out_a + a_offsets, rounded(d_gate, out_a.dtype.element_ty), mask=mask)
+        tl.store(out_b + b_offsets, rounded(d_up, out_b.dtype.element_ty), mask=mask)

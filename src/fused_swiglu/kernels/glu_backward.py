@@ -1,20 +1,21 @@
-"""Elementwise SwiGLU backward: from dy and the stored pre-activations g, u to dg and du."""
+"""Elementwise SwiGLU backward: from dy and the stored pre-activations g, u to dg and du (and,
+for a down projection that did not keep it, the SwiGLU output y = silu(g) * u again)."""
 
 import triton
 import triton.language as tl
 
-from .common import swiglu_grads
+from .common import rounded, silu, swiglu_grads
 
 
 @triton.jit
 def glu_backward_kernel(
     # pointers: g and u in, dg and du out (which may be g and u themselves). d_gate or d_up
     # may be None, for a pass that writes only the other; up is None where d_gate is, since du
-    # does not depend on u
-    dy, gate, up, d_gate, d_up,
+    # does not depend on u. product: y, or None
+    dy, gate, up, d_gate, d_up, product,
     # sizes: every matrix is M x N
     M, N,
-    # strides (gate, up, d_gate and d_up share theirs)
+    # strides (gate, up, d_gate, d_up and product share theirs)
     stride_dym, stride_dyn, stride_m, stride_n,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -32,6 +33,8 @@ def glu_backward_kernel(
         u = g  # only du is written, which does not read u
     dg, du = swiglu_grads(grad, g, u)
     if d_gate is not None:
-        tl.store(d_gate + offsets, dg.to(d_gate.dtype.element_ty), mask=mask)
+        tl.store(d_gate + offsets, rounded(dg, d_gate.dtype.element_ty), mask=mask)
     if d_up is not None:
-        tl.store(d_up + offsets, du.to(d_up.dtype.element_ty), mask=mask)
+        tl.store(d_up + offsets, rounded(du, d_up.dtype.element_ty), mask=mask)
+    if product is not None:
+        tl.store(product + offsets, rounded(silu(g) * u, product.dtype.element_ty), mask=mask)

@@ -10,14 +10,15 @@ tile's loads before this tile's epilogue, and the epilogue stores through tensor
 import triton
 import triton.language as tl
 
-from .common import grouped_tile, mma, silu, swiglu_grads
+from .common import grouped_tile, mma, rounded, silu, swiglu_grads
 
 
 @triton.jit
 def stacked_gemm_kernel(
     # tensor descriptors: A (M, K); the weights as one (2, N, K) tensor, gate first unless
     # UP_FIRST; y, dy and the pair (gate, up), g and u or dg and du, all (M, N). Unused ones
-    # are None: y in the backward, dy in the forward, gate and up without STORE_PREACT.
+    # are None: y in the backward unless EPILOGUE is 2, dy in the forward, gate and up
+    # without STORE_PREACT.
     a, w, y, gate_out, up_out, dy,
     M, N, K, M_BUCKET, NUM_SMS,
     # the same meaning as dual_gemm_kernel's
@@ -47,14 +48,16 @@ def stacked_gemm_kernel(
         else:
             gate, up = left, right
         if EPILOGUE == 0:
-            y.store([off_m, off_n], (silu(gate) * up).to(y.dtype))
+            y.store([off_m, off_n], rounded(silu(gate) * up, y.dtype))
             if STORE_PREACT:
-                gate_out.store([off_m, off_n], gate.to(gate_out.dtype))
-                up_out.store([off_m, off_n], up.to(up_out.dtype))
+                gate_out.store([off_m, off_n], rounded(gate, gate_out.dtype))
+                up_out.store([off_m, off_n], rounded(up, up_out.dtype))
         else:
+            if EPILOGUE == 2:  # from the unrounded g and u, as the forward computed it
+                y.store([off_m, off_n], rounded(silu(gate) * up, y.dtype))
             # the backward sees g and u rounded to the storage dtype, as a stored forward would
-            gate = gate.to(gate_out.dtype).to(tl.float32)
-            up = up.to(up_out.dtype).to(tl.float32)
+            gate = rounded(gate, gate_out.dtype).to(tl.float32)
+            up = rounded(up, up_out.dtype).to(tl.float32)
             d_gate, d_up = swiglu_grads(dy.load([off_m, off_n]).to(tl.float32), gate, up)
-            gate_out.store([off_m, off_n], d_gate.to(gate_out.dtype))
-            up_out.store([off_m, off_n], d_up.to(up_out.dtype))
+            gate_out.store([off_m, off_n], rounded(d_gate, gate_out.dtype))
+            up_out.store([off_m, off_n], rounded(d_up, up_out.dtype))

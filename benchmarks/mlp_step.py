@@ -1,0 +1,89 @@
+"""The whole SwiGLU block with its down projection, as models run it: SwiGLUMLP (default and
+recompute=True) against the same module in plain PyTorch (HuggingFace's LlamaMLP), its
+torch.compile, and Liger-Kernel's LigerSwiGLUMLP. Forward+backward time, the bytes autograd
+keeps between forward and backward (beyond x and the weights), and the peak above the
+inputs. bfloat16, GPU only:
+
+    python benchmarks/mlp_step.py [M,d_model,d_ff ...]"""
+
+import sys
+import types
+
+import torch
+import triton
+from torch import nn
+
+from fused_swiglu import SwiGLUMLP
+from fused_swiglu.bench import interleaved_medians, median_ms
+
+SHAPES = [(4096, 2048, 5632), (8192, 4096, 11008), (16384, 4096, 14336), (4096, 8192, 28672)]
+DTYPE = torch.bfloat16
+
+
+class EagerMLP(SwiGLUMLP):
+    """LlamaMLP's forward on SwiGLUMLP's parameters."""
+
+    def forward(self, x):
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def modules(d_model, d_ff):
+    ours = SwiGLUMLP(d_model, d_ff, device="cuda", dtype=DTYPE)
+    found = {"fused_swiglu": ours,
+             "fused_swiglu recompute": SwiGLUMLP(d_model, d_ff, device="cuda", dtype=DTYPE,
+                                                 recompute=True),
+             "eager": EagerMLP(d_model, d_ff, device="cuda", dtype=DTYPE)}
+    found["torch.compile"] = torch.compile(found["eager"], dynamic=True)
+    try:
+        from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+        config = types.SimpleNamespace(hidden_size=d_model, intermediate_size=d_ff,
+                                       hidden_act="silu")
+        found["liger"] = LigerSwiGLUMLP(config).to("cuda", DTYPE)
+    except ImportError:
+        pass
+    for module in found.values():  # the same weights everywhere
+        module.load_state_dict(ours.state_dict())
+    return found
+
+
+def memory(module, x, d_out):
+    """(MB autograd keeps beyond x and the parameters, peak MB above them in fwd+bwd)."""
+    inputs = {t.data_ptr() for t in (x, *module.parameters())}
+    saved = []
+
+    def pack(t):
+        if t.data_ptr() not in inputs:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    torch.autograd.grad(out, (x, *module.parameters()), d_out)
+    del out
+    torch.cuda.synchronize()
+    return sum(saved) / 2**20, (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def main(shapes):
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    print(f"{'shape':18s} {'module':24s} {'fwd+bwd ms':>10s} {'vs eager':>8s} "
+          f"{'saved MB':>9s} {'peak MB':>8s}")
+    for m, d_model, d_ff in shapes:
+        found = modules(d_model, d_ff)
+        x = torch.randn(m, d_model, device="cuda", dtype=DTYPE, requires_grad=True)
+        d_out = torch.randn(m, d_model, device="cuda", dtype=DTYPE)
+        steps = {name: (lambda module=module: torch.autograd.grad(
+                     module(x), (x, *module.parameters()), d_out))
+                 for name, module in found.items()}
+        times = interleaved_medians(median_ms, steps)
+        for name, module in found.items():
+            saved, peak = memory(module, x, d_out)
+            print(f"{m}x{d_model}x{d_ff:<7d} {name:24s} {times[name]:10.3f} "
+                  f"{times['eager'] / times[name]:8.3f} {saved:9.0f} {peak:8.0f}")
+
+
+if __name__ == "__main__":
+    main([tuple(int(v) for v in arg.split(",")) for arg in sys.argv[1:]] or SHAPES)
