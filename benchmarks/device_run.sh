@@ -4,6 +4,9 @@
 # MODE: tests | bench | both. The whole benchmark takes longer than one 10-minute device
 # command: split it, e.g. "bench OUT --dtypes bfloat16 --tokens 4096,8192,16384", then
 # "--dtypes float16 ...", then "--tokens 512,1,8,32"; summarize.py reads the CSVs together.
+# The GPU test suite takes about 9 minutes on an H200: TESTS picks what pytest runs, e.g.
+# TESTS=tests/test_swiglu.py, then TESTS="tests/test_mlp.py tests/test_tuning.py
+# tests/test_seed_examples.py".
 set -uo pipefail
 mode=${1:-both}
 out=${2:-${OUT:-/tmp/out}}
@@ -18,7 +21,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,no
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 status=0
 if [ "$mode" != bench ]; then
-  python3 -m pytest -q tests 2>&1 | tee "$out/tests.log" | tail -15
+  python3 -m pytest -q ${TESTS:-tests} 2>&1 | tee "$out/tests.log" | tail -15
   status=${PIPESTATUS[0]}
 fi
 if [ "$mode" != tests ]; then

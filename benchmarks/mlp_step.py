@@ -33,7 +33,6 @@ def modules(d_model, d_ff):
              "fused_swiglu recompute": SwiGLUMLP(d_model, d_ff, device="cuda", dtype=DTYPE,
                                                  recompute=True),
              "eager": EagerMLP(d_model, d_ff, device="cuda", dtype=DTYPE)}
-    found["torch.compile"] = torch.compile(found["eager"], dynamic=True)
     try:
         from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
         config = types.SimpleNamespace(hidden_size=d_model, intermediate_size=d_ff,
@@ -43,6 +42,7 @@ def modules(d_model, d_ff):
         pass
     for module in found.values():  # the same weights everywhere
         module.load_state_dict(ours.state_dict())
+    found["torch.compile"] = torch.compile(found["eager"], dynamic=True)
     return found
 
 

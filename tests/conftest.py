@@ -29,6 +29,16 @@ def kernel_outputs(monkeypatch):
     return shapes
 
 
+@pytest.fixture(params=["one node", "two nodes"])
+def graph(request, monkeypatch):
+    """The autograd graph of the training forward: one node, or two, the second the up
+    projection's, which large problems get (and here every problem)."""
+    if request.param == "two nodes":
+        from fused_swiglu import ops
+        monkeypatch.setattr(ops, "TWO_NODE_MIN_WORK", 1)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     torch.manual_seed(hash(request.node.nodeid) % 2**31)

@@ -29,7 +29,7 @@ def reference(x, w_gate, w_up, w_down):
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep g and u", "recompute"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,d_model,d_ff", SHAPES, ids=str)
-def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute):
+def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute, graph):
     leaves = make_mlp_inputs(lead, d_model, d_ff, dtype)
     out = swiglu_mlp(*leaves, recompute=recompute)
     assert out.dtype == dtype and out.shape == leaves[0].shape
@@ -45,7 +45,7 @@ def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute):
 
 
 @pytest.mark.parametrize("frozen", ["w_down", "weights", "x"])
-def test_gradients_of_some_inputs(frozen):
+def test_gradients_of_some_inputs(frozen, graph):
     # the backward skips what nothing needs (with a frozen w_down, y is not written again)
     leaves = make_mlp_inputs((9,), 48, 80, torch.float32)
     needed = {"w_down": [0, 1, 2], "weights": [0], "x": [1, 2, 3]}[frozen]
@@ -76,7 +76,7 @@ def _saved_shapes(fn, *args):
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep g and u", "recompute"])
-def test_keeps_no_swiglu_output(recompute):
+def test_keeps_no_swiglu_output(recompute, graph):
     leaves = make_mlp_inputs((37,), 48, 80, torch.bfloat16)
     tokens_by_d_ff = (37, 80)
     saved = _saved_shapes(lambda *t: swiglu_mlp(*t, recompute=recompute), *leaves)
@@ -87,7 +87,7 @@ def test_keeps_no_swiglu_output(recompute):
     assert composed.count(tokens_by_d_ff) == (1 if recompute else 3), composed
 
 
-def test_second_backward_needs_recompute():
+def test_second_backward_needs_recompute(graph):
     leaves = make_mlp_inputs((9,), 48, 80, torch.float32)
     out = swiglu_mlp(*leaves)
     out.sum().backward(retain_graph=True)
@@ -122,3 +122,25 @@ def test_bad_input_raises_clear_error(case):
     message, error, args = case
     with pytest.raises(error, match=message):
         swiglu_mlp(*args)
+
+
+# Peak memory needs the CUDA caching allocator's statistics: GPU only.
+if ON_GPU:
+
+    @pytest.mark.parametrize("m, d_model, d_ff", [(4096, 1024, 2816), (1024, 2048, 5632)])
+    def test_peak_memory_not_above_composition(m, d_model, d_ff, graph):
+        # keeping less must not cost a higher peak: at most that of swiglu followed by a
+        # matrix product, also where the weights' gradients outweigh the activations
+        leaves = make_mlp_inputs((m,), d_model, d_ff, torch.bfloat16)
+        d_out = torch.randn(m, d_model, device=DEVICE, dtype=torch.bfloat16)
+
+        def peak(fn):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            torch.autograd.grad(fn(*leaves), leaves, d_out)
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - base
+
+        composed = peak(lambda x, w_gate, w_up, w_down: swiglu(x, w_gate, w_up) @ w_down)
+        assert peak(swiglu_mlp) <= composed

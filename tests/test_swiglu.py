@@ -40,15 +40,6 @@ LINEAR_SHAPES = SHAPES[:3] + SHAPES[-1:] + ([((4, 2048), 4096, 11008), ((512,), 
                                              if ON_GPU else [])
 
 
-@pytest.fixture(params=["one node", "two nodes"])
-def graph(request, monkeypatch):
-    """The autograd graph of the training forward: one node, or the gated product and the up
-    projection as two nodes, which large problems get (and here every problem)."""
-    if request.param == "two nodes":
-        monkeypatch.setattr(fused_swiglu.ops, "TWO_NODE_MIN_WORK", 1)
-    return request.param
-
-
 def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     assert torch.isfinite(ours).all(), "non-finite values (an unwritten element?)"
@@ -478,15 +469,17 @@ def test_bfloat16_stores_round_to_nearest_even():
 def test_compiled_backward_copies_nothing():
     # an op that overwrote the saved g and u in a compiled backward would be functionalized
     # into copies of both first (inductor does not overwrite a graph's inputs)
+    from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
     torch._dynamo.reset()
     backward_graphs = []
 
     def keep_backward(graph, example_inputs):
         backward_graphs.append(graph)
-        return graph
+        return make_boxed_func(graph)
 
-    backend = aot_autograd(fw_compiler=lambda graph, inputs: graph, bw_compiler=keep_backward)
+    backend = aot_autograd(fw_compiler=lambda graph, inputs: make_boxed_func(graph),
+                           bw_compiler=keep_backward)
     compiled = torch.compile(swiglu, fullgraph=True, backend=backend)
     leaves = [t.requires_grad_() for t in make_inputs((5,), 48, 80, torch.float32)]
     out = compiled(*leaves)

@@ -299,10 +299,43 @@ class _EagerSwiGLUMLP(torch.autograd.Function):
                 None, None)
 
 
+class _GatedMLP(torch.autograd.Function):
+    """(silu(x @ w_gate) * u) @ w_down with u from _UpProjection: the large problems' graph of
+    the block, split as _GatedProduct splits the SwiGLU, so that dg's memory is free again
+    before dw_up is computed. `computed` holds (y, g) from the fused forward."""
+
+    @staticmethod
+    def forward(ctx, x, w_gate, w_up, w_down, up, computed):
+        hidden, gate = computed
+        ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
+        return torch.mm(hidden, w_down)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+        need_dx, need_dw_gate, _, need_dw_down, need_d_up = ctx.needs_input_grad[:5]
+        d_hidden = torch.mm(d_out, w_down.t())
+        hidden = launch.new_output(gate.shape, gate) if need_dw_down else None
+        _gate_grads_in_place(d_hidden, gate, up, product=hidden)
+        del d_hidden
+        dw_down = _weight_grad(d_out, hidden) if need_dw_down else None
+        del hidden
+        dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
+        dw_gate = _weight_grad(gate, x) if need_dw_gate else None
+        # w_up's gradient is _UpProjection's; du goes to it as a plain tensor
+        return dx, dw_gate, None, dw_down, up.detach() if need_d_up else None, None
+
+
 def swiglu_mlp_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, fast_accum: bool,
                   recompute: bool, needs_grad: bool) -> Tensor:
-    """The SwiGLU block with its down projection, for 2-D x, with autograd."""
+    """The SwiGLU block with its down projection, for 2-D x, with autograd: the graphs of
+    swiglu_2d (one node, or two for large problems) with the down projection inside."""
     if needs_grad and not torch.compiler.is_compiling() and _runs_triton(x, w_gate):
+        if not recompute and x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK:
+            hidden, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
+            if w_up.requires_grad:
+                up = _UpProjection.apply(w_up, x, [up])
+            return _GatedMLP.apply(x, w_gate, w_up, w_down, up, (hidden, gate))
         return _EagerSwiGLUMLP.apply(x, w_gate, w_up, w_down, fast_accum, recompute)
     # torch.compile's partitioner decides what to keep; without gradients nothing is kept
     hidden = swiglu_2d(x, w_gate, w_up, fast_accum, needs_grad and not recompute, needs_grad)
