@@ -14,7 +14,7 @@ import triton
 from torch import nn
 
 from fused_swiglu import SwiGLUMLP
-from fused_swiglu.bench import interleaved_medians, median_ms
+from fused_swiglu.bench import interleaved_medians, median_ms, memory_bytes
 
 SHAPES = [(4096, 2048, 5632), (8192, 4096, 11008), (16384, 4096, 14336), (4096, 8192, 28672)]
 DTYPE = torch.bfloat16
@@ -46,27 +46,6 @@ def modules(d_model, d_ff):
     return found
 
 
-def memory(module, x, d_out):
-    """(MB autograd keeps beyond x and the parameters, peak MB above them in fwd+bwd)."""
-    inputs = {t.data_ptr() for t in (x, *module.parameters())}
-    saved = []
-
-    def pack(t):
-        if t.data_ptr() not in inputs:
-            saved.append(t.numel() * t.element_size())
-        return t
-
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(x)
-    torch.autograd.grad(out, (x, *module.parameters()), d_out)
-    del out
-    torch.cuda.synchronize()
-    return sum(saved) / 2**20, (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
 def main(shapes):
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     print(f"{'shape':18s} {'module':24s} {'fwd+bwd ms':>10s} {'vs eager':>8s} "
@@ -80,9 +59,11 @@ def main(shapes):
                  for name, module in found.items()}
         times = interleaved_medians(median_ms, steps)
         for name, module in found.items():
-            saved, peak = memory(module, x, d_out)
+            saved, peak = memory_bytes(lambda x, *weights, module=module: module(x),
+                                       (x, *module.parameters()), d_out)
             print(f"{m}x{d_model}x{d_ff:<7d} {name:24s} {times[name]:10.3f} "
-                  f"{times['eager'] / times[name]:8.3f} {saved:9.0f} {peak:8.0f}")
+                  f"{times['eager'] / times[name]:8.3f} {saved / 2**20:9.0f} "
+                  f"{peak / 2**20:8.0f}")
 
 
 if __name__ == "__main__":

@@ -98,13 +98,14 @@ def interleaved_medians(timer, fns):
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def _memory(fn, x, w_gate, w_up, dy):
-    """(bytes autograd saves beyond the inputs, peak bytes above the inputs during fwd+bwd)."""
-    inputs = {t.data_ptr() for t in (x, w_gate, w_up)}
+def memory_bytes(fn, inputs, d_out):
+    """(bytes autograd saves for fn(*inputs) beyond the inputs, peak bytes above the inputs
+    during its forward and the backward from d_out)."""
+    input_pointers = {t.data_ptr() for t in inputs}
     saved = []
 
     def pack(t):
-        if t.data_ptr() not in inputs:
+        if t.data_ptr() not in input_pointers:
             saved.append(t.numel() * t.element_size())
         return t
 
@@ -112,8 +113,8 @@ def _memory(fn, x, w_gate, w_up, dy):
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(x, w_gate, w_up)
-    torch.autograd.grad(out, (x, w_gate, w_up), dy)
+        out = fn(*inputs)
+    torch.autograd.grad(out, inputs, d_out)
     del out
     torch.cuda.synchronize()
     return sum(saved), torch.cuda.max_memory_allocated() - base
@@ -157,7 +158,7 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
         row = dict(impl=name, fwd_ms=fwd_ms[name], fwd_bwd_ms=fwd_bwd_ms.get(name, math.nan),
                    saved_mb=math.nan, peak_mb=math.nan)
         if with_backward and with_memory and name in impls:
-            saved, peak = _memory(impls[name], x, w_gate, w_up, dy)
+            saved, peak = memory_bytes(impls[name], (x, w_gate, w_up), dy)
             row["saved_mb"], row["peak_mb"] = saved / 2**20, peak / 2**20
         rows.append(row)
     for row in rows:

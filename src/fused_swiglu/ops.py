@@ -263,6 +263,18 @@ def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
     return _EagerSwiGLU.apply(x, w_gate, w_up, fast_accum, store_preact)
 
 
+def _down_projection_grads_in_place(d_out: Tensor, w_down: Tensor, gate: Tensor, up: Tensor,
+                                     need_dw_down: bool):
+    """w_down's gradient (None unless needed), after turning the saved g and u into dg and du
+    in place from dh = d_out @ w_down^T. The pass writes y = silu(g) * u again for that
+    gradient, which frees it with dh."""
+    d_hidden = torch.mm(d_out, w_down.t())
+    hidden = launch.new_output(gate.shape, gate) if need_dw_down else None
+    _gate_grads_in_place(d_hidden, gate, up, product=hidden)
+    del d_hidden
+    return _weight_grad(d_out, hidden) if need_dw_down else None
+
+
 class _EagerSwiGLUMLP(torch.autograd.Function):
     """(silu(x @ w_gate) * (x @ w_up)) @ w_down in one node that keeps g and u (with recompute,
     neither) but not the SwiGLU output y. Separate nodes would keep y from the forward to the
@@ -282,19 +294,17 @@ class _EagerSwiGLUMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
-        need_w_down = ctx.needs_input_grad[3]
-        d_hidden = torch.mm(d_out, w_down.t())
+        need_dw_down = ctx.needs_input_grad[3]
         if ctx.recompute:
-            grads = list(launch.swiglu_grads_recompute(d_hidden, x, w_gate, w_up,
-                                                        ctx.fast_accum, with_product=need_w_down))
-            hidden = grads.pop() if need_w_down else None
+            d_hidden = torch.mm(d_out, w_down.t())
+            grads = list(launch.swiglu_grads_recompute(
+                d_hidden, x, w_gate, w_up, ctx.fast_accum, with_product=need_dw_down))
+            del d_hidden
+            dw_down = _weight_grad(d_out, grads.pop()) if need_dw_down else None
         else:
-            hidden = launch.new_output(gate.shape, gate) if need_w_down else None
-            _gate_grads_in_place(d_hidden, gate, up, product=hidden)
+            dw_down = _down_projection_grads_in_place(d_out, w_down, gate, up, need_dw_down)
             grads = [gate, up]
-        del d_hidden, gate, up
-        dw_down = _weight_grad(d_out, hidden) if need_w_down else None
-        del hidden
+        del gate, up
         return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), dw_down,
                 None, None)
 
@@ -314,12 +324,7 @@ class _GatedMLP(torch.autograd.Function):
     def backward(ctx, d_out):
         x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
         need_dx, need_dw_gate, _, need_dw_down, need_d_up = ctx.needs_input_grad[:5]
-        d_hidden = torch.mm(d_out, w_down.t())
-        hidden = launch.new_output(gate.shape, gate) if need_dw_down else None
-        _gate_grads_in_place(d_hidden, gate, up, product=hidden)
-        del d_hidden
-        dw_down = _weight_grad(d_out, hidden) if need_dw_down else None
-        del hidden
+        dw_down = _down_projection_grads_in_place(d_out, w_down, gate, up, need_dw_down)
         dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
         dw_gate = _weight_grad(gate, x) if need_dw_gate else None
         # w_up's gradient is _UpProjection's; du goes to it as a plain tensor
