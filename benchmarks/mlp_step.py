@@ -1,6 +1,6 @@
 """The whole SwiGLU block with its down projection, as models run it: SwiGLUMLP (default and
-recompute=True) against the same module in plain PyTorch (HuggingFace's LlamaMLP), its
-torch.compile, and Liger-Kernel's LigerSwiGLUMLP. Forward+backward time, the bytes autograd
+recompute=True, and compiled) against the same module in plain PyTorch (HuggingFace's
+LlamaMLP), its torch.compile, and Liger-Kernel's LigerSwiGLUMLP. Forward+backward time, the bytes autograd
 keeps between forward and backward (beyond x and the weights), and the peak above the
 inputs. bfloat16, GPU only:
 
@@ -43,6 +43,7 @@ def modules(d_model, d_ff):
     for module in found.values():  # the same weights everywhere
         module.load_state_dict(ours.state_dict())
     found["torch.compile"] = torch.compile(found["eager"], dynamic=True)
+    found["fused_swiglu compiled"] = torch.compile(ours, dynamic=True)
     return found
 
 

@@ -1,6 +1,8 @@
 """swiglu_mlp and SwiGLUMLP: the SwiGLU block with its down projection, against a float64
 reference, and what autograd keeps for its backward."""
 
+import functools
+
 import pytest
 import torch
 from conftest import DEVICE, ON_GPU
@@ -85,6 +87,25 @@ def test_keeps_no_swiglu_output(recompute, graph):
     composed = _saved_shapes(lambda x, wg, wu, wd: swiglu(x, wg, wu, recompute=recompute) @ wd,
                              *leaves)
     assert composed.count(tokens_by_d_ff) == (1 if recompute else 3), composed
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["keep g and u", "recompute"])
+def test_compiled_block_keeps_what_eager_keeps(recompute):
+    torch._dynamo.reset()
+    # the interpreter has no code generation to test on CPU; tracing is what matters there
+    compiled = torch.compile(functools.partial(swiglu_mlp, recompute=recompute), fullgraph=True,
+                             backend="inductor" if ON_GPU else "aot_eager")
+    leaves = make_mlp_inputs((37,), 48, 80, torch.bfloat16)
+    assert _saved_shapes(compiled, *leaves).count((37, 80)) == (0 if recompute else 2)
+    out = compiled(*leaves)
+    d_out = torch.randn_like(out)
+    out.backward(d_out)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = reference(*ref_leaves)
+    ref.backward(d_out.double())
+    assert relative_error(out, ref) <= TOLERANCE[torch.bfloat16]
+    for leaf, ref_leaf in zip(leaves, ref_leaves):
+        assert relative_error(leaf.grad, ref_leaf.grad) <= TOLERANCE[torch.bfloat16]
 
 
 def test_second_backward_needs_recompute(graph):

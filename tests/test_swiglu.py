@@ -386,18 +386,18 @@ def test_opcheck():
     ops = fused_swiglu.ops
     x, w_gate, w_up = make_inputs((37,), 48, 80, torch.float32)
     x.requires_grad_()
-    torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, False))
-    # Called alone, the op hands g and u to the caller, and its backward overwrites them in
-    # place, which AOT tracing of a returned tensor rejects. swiglu() never returns them: its
-    # compiled forward+backward is test_torch_compile_fullgraph.
-    torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, True),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
+    for store_preact in (False, True):
+        torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, store_preact))
     dy = torch.randn(37, 80, device=DEVICE)
     _, gate, up = ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
     torch.library.opcheck(ops.gate_grad, (dy, gate, up))
     torch.library.opcheck(ops.up_grad, (dy, gate))
-    torch.library.opcheck(ops.gate_grads_recompute, (dy, x.detach(), w_gate, w_up, False))
+    for with_product in (False, True):
+        torch.library.opcheck(ops.gate_grads_recompute,
+                              (dy, x.detach(), w_gate, w_up, False, with_product))
+    w_down = torch.randn(80, 48, device=DEVICE, requires_grad=True)
+    for recompute in (False, True):
+        torch.library.opcheck(ops.swiglu_mlp_forward, (x, w_gate, w_up, w_down, False, recompute))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

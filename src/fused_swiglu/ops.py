@@ -34,19 +34,26 @@ def _torch_up_grad(dy: Tensor, gate: Tensor) -> Tensor:
     return dy.float() * torch.nn.functional.silu(gate.float())
 
 
+def _forward_values(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool):
+    """(y, g, u) for 2-D x, for the custom ops."""
+    if _runs_triton(x, w_gate):
+        return launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
+    gate, up = _torch_preact(x, w_gate, w_up)
+    y = (torch.nn.functional.silu(gate) * up).to(x.dtype)
+    return y, gate.to(x.dtype), up.to(x.dtype)
+
+
 @torch.library.custom_op("fused_swiglu::swiglu_forward", mutates_args=())
 def swiglu_forward(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
                    store_preact: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(y, g, u) for 2-D x; g and u are empty unless store_preact."""
-    if _runs_triton(x, w_gate):
-        y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)
-    else:
-        gate, up = _torch_preact(x, w_gate, w_up)
-        y = (torch.nn.functional.silu(gate) * up).to(x.dtype)
-        gate, up = gate.to(x.dtype), up.to(x.dtype)
     if not store_preact:
-        gate, up = x.new_empty((0,)), x.new_empty((0,))
-    return y, gate, up
+        if _runs_triton(x, w_gate):
+            y = launch.swiglu_forward(x, w_gate, w_up, fast_accum, False)[0]
+        else:
+            y = _forward_values(x, w_gate, w_up, fast_accum)[0]
+        return y, x.new_empty((0,)), x.new_empty((0,))
+    return _forward_values(x, w_gate, w_up, fast_accum)
 
 
 @swiglu_forward.register_fake
@@ -91,18 +98,21 @@ def _(dy, gate):
 
 @torch.library.custom_op("fused_swiglu::gate_grads_recompute", mutates_args=())
 def gate_grads_recompute(dy: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor,
-                         fast_accum: bool) -> tuple[Tensor, Tensor]:
-    """(dg, du), recomputing g and u from x and the weights."""
+                         fast_accum: bool, with_product: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dg, du, y), recomputing g and u from x and the weights; y = silu(g) * u is empty
+    unless with_product."""
     if _runs_triton(x, w_gate):
-        return launch.swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum)
-    gate, up = (t.to(x.dtype) for t in _torch_preact(x, w_gate, w_up))
-    return _torch_gate_grad(dy, gate, up).to(x.dtype), _torch_up_grad(dy, gate).to(x.dtype)
+        grads = launch.swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum, with_product)
+        return grads if with_product else (*grads, x.new_empty((0,)))
+    hidden, gate, up = _forward_values(x, w_gate, w_up, fast_accum)
+    hidden = hidden if with_product else x.new_empty((0,))
+    return _torch_gate_grad(dy, gate, up).to(x.dtype), _torch_up_grad(dy, gate).to(x.dtype), hidden
 
 
 @gate_grads_recompute.register_fake
-def _(dy, x, w_gate, w_up, fast_accum):
+def _(dy, x, w_gate, w_up, fast_accum, with_product):
     shape = (x.shape[0], w_gate.shape[1])
-    return x.new_empty(shape), x.new_empty(shape)
+    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape if with_product else (0,))
 
 
 # torch.mm rather than @ below: the same GEMM with less host-side dispatch
@@ -149,7 +159,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, _unused_gate_grad, _unused_up_grad):
     x, w_gate, w_up, gate, up = ctx.saved_tensors
     if ctx.recompute:
-        grads = list(gate_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum))
+        grads = list(gate_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum, False)[:2])
     else:
         grads = [gate_grad(dy, gate, up), up_grad(dy, gate)]
     del gate, up
@@ -342,6 +352,57 @@ def swiglu_mlp_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, fast_
                 up = _UpProjection.apply(w_up, x, [up])
             return _GatedMLP.apply(x, w_gate, w_up, w_down, up, (hidden, gate))
         return _EagerSwiGLUMLP.apply(x, w_gate, w_up, w_down, fast_accum, recompute)
-    # torch.compile's partitioner decides what to keep; without gradients nothing is kept
-    hidden = swiglu_2d(x, w_gate, w_up, fast_accum, needs_grad and not recompute, needs_grad)
-    return torch.mm(hidden, w_down)
+    if needs_grad:  # compiling, or nothing to compute
+        return swiglu_mlp_forward(x, w_gate, w_up, w_down, fast_accum, recompute)[0]
+    return torch.mm(swiglu_2d(x, w_gate, w_up, fast_accum, False, False), w_down)
+
+
+@torch.library.custom_op("fused_swiglu::swiglu_mlp_forward", mutates_args=())
+def swiglu_mlp_forward(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
+                       fast_accum: bool, recompute: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, g, u) of the block for 2-D x, out = (silu(g) * u) @ w_down, g and u empty with
+    recompute: the compiled graph's forward, whose backward (below) keeps g and u (or
+    nothing) and writes y again, as the eager graphs do."""
+    hidden, gate, up = swiglu_forward(x, w_gate, w_up, fast_accum, not recompute)
+    return torch.mm(hidden, w_down), gate, up
+
+
+@swiglu_mlp_forward.register_fake
+def _(x, w_gate, w_up, w_down, fast_accum, recompute):
+    preact_shape = (0,) if recompute else (x.shape[0], w_gate.shape[1])
+    return (x.new_empty((x.shape[0], w_down.shape[1])), x.new_empty(preact_shape),
+            x.new_empty(preact_shape))
+
+
+def _mlp_setup_context(ctx, inputs, output):
+    x, w_gate, w_up, w_down, fast_accum, recompute = inputs
+    _, gate, up = output
+    ctx.mark_non_differentiable(gate, up)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
+    ctx.fast_accum = fast_accum
+    ctx.recompute = recompute
+
+
+def _mlp_backward(ctx, d_out, _unused_gate_grad, _unused_up_grad):
+    x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+    need_dw_down = ctx.needs_input_grad[3]
+    d_hidden = torch.mm(d_out, w_down.t())
+    if ctx.recompute:
+        *grads, hidden = gate_grads_recompute(d_hidden, x, w_gate, w_up, ctx.fast_accum,
+                                              need_dw_down)
+    else:
+        # y again from the saved g and u, rounded as the forward's y (a compiler fuses this
+        # into one pass; y is dead after the weight gradient)
+        hidden = (torch.nn.functional.silu(gate.float()) * up.float()).to(gate.dtype) \
+            if need_dw_down else None
+    dw_down = _weight_grad(d_out, hidden) if need_dw_down else None
+    del hidden
+    if not ctx.recompute:
+        grads = [gate_grad(d_hidden, gate, up), up_grad(d_hidden, gate)]
+    del d_hidden, gate, up
+    return (*_projection_grads(list(grads), x, w_gate, w_up, ctx.needs_input_grad), dw_down,
+            None, None)
+
+
+swiglu_mlp_forward.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
