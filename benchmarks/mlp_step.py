@@ -1,8 +1,8 @@
-"""The whole SwiGLU block with its down projection, as models run it: SwiGLUMLP (default and
+"""The whole SwiGLU block with its down projection, as models run it: SwiGLUMLP (default,
 recompute=True, and compiled) against the same module in plain PyTorch (HuggingFace's
-LlamaMLP), its torch.compile, and Liger-Kernel's LigerSwiGLUMLP. Forward+backward time, the bytes autograd
-keeps between forward and backward (beyond x and the weights), and the peak above the
-inputs. bfloat16, GPU only:
+LlamaMLP), its torch.compile, and Liger-Kernel's LigerSwiGLUMLP. Forward+backward time, the
+bytes autograd keeps between forward and backward (beyond x and the weights), and the peak
+above the inputs. bfloat16, GPU only:
 
     python benchmarks/mlp_step.py [M,d_model,d_ff ...]"""
 
