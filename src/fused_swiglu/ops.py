@@ -34,26 +34,25 @@ def _torch_up_grad(dy: Tensor, gate: Tensor) -> Tensor:
     return dy.float() * torch.nn.functional.silu(gate.float())
 
 
-def _forward_values(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool):
-    """(y, g, u) for 2-D x, for the custom ops."""
+def _forward_values(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
+                    store_preact: bool):
+    """(y, g, u) for 2-D x, for the custom ops; g and u are empty unless store_preact."""
     if _runs_triton(x, w_gate):
-        return launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
-    gate, up = _torch_preact(x, w_gate, w_up)
-    y = (torch.nn.functional.silu(gate) * up).to(x.dtype)
-    return y, gate.to(x.dtype), up.to(x.dtype)
+        y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, store_preact)
+    else:
+        gate, up = _torch_preact(x, w_gate, w_up)
+        y = (torch.nn.functional.silu(gate) * up).to(x.dtype)
+        gate, up = gate.to(x.dtype), up.to(x.dtype)
+    if not store_preact:
+        gate, up = x.new_empty((0,)), x.new_empty((0,))
+    return y, gate, up
 
 
 @torch.library.custom_op("fused_swiglu::swiglu_forward", mutates_args=())
 def swiglu_forward(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
                    store_preact: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(y, g, u) for 2-D x; g and u are empty unless store_preact."""
-    if not store_preact:
-        if _runs_triton(x, w_gate):
-            y = launch.swiglu_forward(x, w_gate, w_up, fast_accum, False)[0]
-        else:
-            y = _forward_values(x, w_gate, w_up, fast_accum)[0]
-        return y, x.new_empty((0,)), x.new_empty((0,))
-    return _forward_values(x, w_gate, w_up, fast_accum)
+    return _forward_values(x, w_gate, w_up, fast_accum, store_preact)
 
 
 @swiglu_forward.register_fake
@@ -104,7 +103,7 @@ def gate_grads_recompute(dy: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor,
     if _runs_triton(x, w_gate):
         grads = launch.swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum, with_product)
         return grads if with_product else (*grads, x.new_empty((0,)))
-    hidden, gate, up = _forward_values(x, w_gate, w_up, fast_accum)
+    hidden, gate, up = _forward_values(x, w_gate, w_up, fast_accum, True)
     hidden = hidden if with_product else x.new_empty((0,))
     return _torch_gate_grad(dy, gate, up).to(x.dtype), _torch_up_grad(dy, gate).to(x.dtype), hidden
 
@@ -363,7 +362,7 @@ def swiglu_mlp_forward(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
     """(out, g, u) of the block for 2-D x, out = (silu(g) * u) @ w_down, g and u empty with
     recompute: the compiled graph's forward, whose backward (below) keeps g and u (or
     nothing) and writes y again, as the eager graphs do."""
-    hidden, gate, up = swiglu_forward(x, w_gate, w_up, fast_accum, not recompute)
+    hidden, gate, up = _forward_values(x, w_gate, w_up, fast_accum, not recompute)
     return torch.mm(hidden, w_down), gate, up
 
 
@@ -388,20 +387,22 @@ def _mlp_backward(ctx, d_out, _unused_gate_grad, _unused_up_grad):
     x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
     need_dw_down = ctx.needs_input_grad[3]
     d_hidden = torch.mm(d_out, w_down.t())
+    dw_down = None
     if ctx.recompute:
         *grads, hidden = gate_grads_recompute(d_hidden, x, w_gate, w_up, ctx.fast_accum,
                                               need_dw_down)
+        if need_dw_down:
+            dw_down = _weight_grad(d_out, hidden)
     else:
-        # y again from the saved g and u, rounded as the forward's y (a compiler fuses this
-        # into one pass; y is dead after the weight gradient)
-        hidden = (torch.nn.functional.silu(gate.float()) * up.float()).to(gate.dtype) \
-            if need_dw_down else None
-    dw_down = _weight_grad(d_out, hidden) if need_dw_down else None
-    del hidden
-    if not ctx.recompute:
+        if need_dw_down:
+            # y again from the saved g and u, rounded as the forward's y (a compiler fuses
+            # this into one pass), and dead before dg and du are allocated
+            hidden = (torch.nn.functional.silu(gate.float()) * up.float()).to(gate.dtype)
+            dw_down = _weight_grad(d_out, hidden)
+            del hidden
         grads = [gate_grad(d_hidden, gate, up), up_grad(d_hidden, gate)]
     del d_hidden, gate, up
-    return (*_projection_grads(list(grads), x, w_gate, w_up, ctx.needs_input_grad), dw_down,
+    return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), dw_down,
             None, None)
 
 
