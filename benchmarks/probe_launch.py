@@ -61,16 +61,22 @@ def layers(m, d_model=2048, d_ff=5632):
         print("  tuned:", key[:3], cfg)
 
 
-def _with_graph(two_nodes, x, w_gate, w_up, dy):
-    """A forward+backward call that builds the one-node or the two-node graph at any size."""
-    def step():
+def swiglu_with_graph(two_nodes):
+    """swiglu that builds the one-node or the two-node graph whatever the size."""
+    def run(x, w_gate, w_up):
         saved = ops.TWO_NODE_MIN_WORK
         ops.TWO_NODE_MIN_WORK = 1 if two_nodes else 2 ** 62
         try:
-            torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)
+            return swiglu(x, w_gate, w_up)
         finally:
             ops.TWO_NODE_MIN_WORK = saved
-    return step
+    return run
+
+
+def _with_graph(two_nodes, x, w_gate, w_up, dy):
+    """A forward+backward call that builds the one-node or the two-node graph at any size."""
+    fn = swiglu_with_graph(two_nodes)
+    return lambda: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy)
 
 
 class _Nothing(torch.autograd.Function):

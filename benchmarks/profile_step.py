@@ -17,24 +17,13 @@ import tempfile
 import torch
 import triton
 
-from fused_swiglu import ops, swiglu
-from fused_swiglu.bench import implementations, linear_layout_operands, median_ms
+from fused_swiglu.bench import (implementations, interleaved_samples, linear_layout_operands,
+                                median_ms)
+from probe_launch import swiglu_with_graph
 
 SHAPES = [(4096, 2048, 5632), (8192, 2048, 5632), (8192, 4096, 11008), (512, 8192, 28672)]
 PROFILED_STEPS = 5
 ROUNDS = 7
-
-
-def _graph(two_nodes):
-    """swiglu that builds the one-node or the two-node graph whatever the size."""
-    def run(x, w_gate, w_up):
-        saved = ops.TWO_NODE_MIN_WORK
-        ops.TWO_NODE_MIN_WORK = 1 if two_nodes else 2 ** 62
-        try:
-            return swiglu(x, w_gate, w_up)
-        finally:
-            ops.TWO_NODE_MIN_WORK = saved
-    return run
 
 
 _GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
@@ -70,7 +59,7 @@ def timeline(step):
 def main(shapes):
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     liger = implementations(torch.bfloat16).get("liger")
-    impls = {"one node": _graph(False), "two nodes": _graph(True)}
+    impls = {"one node": swiglu_with_graph(False), "two nodes": swiglu_with_graph(True)}
     if liger is not None:
         impls["liger"] = liger
     summary = []
@@ -98,11 +87,9 @@ def main(shapes):
 
 
 def _medians(steps):
-    """Like bench.interleaved_medians, over ROUNDS rounds: the graphs differ by about 1%."""
-    samples = {name: [] for name in steps}
-    for _ in range(ROUNDS):
-        for name, step in steps.items():
-            samples[name].append(median_ms(step))
+    """Medians over ROUNDS interleaved rounds, each round printed: the graphs differ by about
+    1%, within the benchmark's three rounds' spread."""
+    samples = interleaved_samples(median_ms, steps, ROUNDS)
     for name, times in samples.items():
         print(f"  {name}: " + " ".join(f"{t:.3f}" for t in times) + " ms")
     return {name: statistics.median(times) for name, times in samples.items()}

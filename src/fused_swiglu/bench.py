@@ -89,13 +89,19 @@ def _no_grad(fn):
     return run
 
 
-def interleaved_medians(timer, fns):
-    """{name: median ms of fn over ROUNDS rounds}, each round timing every fn once."""
+def interleaved_samples(timer, fns, rounds=ROUNDS):
+    """{name: [ms of fn in each round]}, each round timing every fn once."""
     samples = {name: [] for name in fns}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, fn in fns.items():
             samples[name].append(timer(fn))
-    return {name: statistics.median(times) for name, times in samples.items()}
+    return samples
+
+
+def interleaved_medians(timer, fns):
+    """{name: median ms of fn over ROUNDS interleaved rounds}."""
+    return {name: statistics.median(times)
+            for name, times in interleaved_samples(timer, fns).items()}
 
 
 def memory_bytes(fn, inputs, d_out):

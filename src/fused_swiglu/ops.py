@@ -222,6 +222,14 @@ class _UpProjection(torch.autograd.Function):
         return _weight_grad(d_up, x), None, None
 
 
+def _gated_grads(x, w_gate, w_up, gate, up, need_dx, need_dw_gate, need_d_up):
+    """(dx, dw_gate, du) of the gated nodes below, from dg and du already in gate and up:
+    all of dx, and du handed as a plain tensor to _UpProjection, whose gradient dw_up is."""
+    dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
+    dw_gate = _weight_grad(gate, x) if need_dw_gate else None
+    return dx, dw_gate, up.detach() if need_d_up else None
+
+
 class _GatedProduct(torch.autograd.Function):
     """y = silu(x @ w_gate) * u, u from _UpProjection (or a plain tensor when w_up needs no
     gradient); computed already by the fused forward, which `computed` holds as (y, g). The
@@ -238,10 +246,9 @@ class _GatedProduct(torch.autograd.Function):
         x, w_gate, w_up, gate, up = ctx.saved_tensors
         _gate_grads_in_place(dy, gate, up)
         need_dx, need_dw_gate, _, need_d_up = ctx.needs_input_grad[:4]
-        dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
-        dw_gate = _weight_grad(gate, x) if need_dw_gate else None
-        # w_up's gradient is _UpProjection's; du goes to it as a plain tensor
-        return dx, dw_gate, None, up.detach() if need_d_up else None, None
+        dx, dw_gate, d_up = _gated_grads(x, w_gate, w_up, gate, up, need_dx, need_dw_gate,
+                                         need_d_up)
+        return dx, dw_gate, None, d_up, None
 
 
 # From this many multiply-adds per projection (tokens x d_model x d_ff) the training forward
@@ -252,11 +259,17 @@ class _GatedProduct(torch.autograd.Function):
 TWO_NODE_MIN_WORK = 2 ** 35
 
 
-def _two_node_swiglu(x, w_gate, w_up, fast_accum):
+def _builds_two_nodes(x: Tensor, w_gate: Tensor) -> bool:
+    return x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK
+
+
+def _forward_with_up_node(x, w_gate, w_up, fast_accum):
+    """(y, g, u) of the fused forward for the two-node graphs: u as the output of an
+    _UpProjection node where w_up needs its gradient."""
     y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
     if w_up.requires_grad:
         up = _UpProjection.apply(w_up, x, [up])
-    return _GatedProduct.apply(x, w_gate, w_up, up, (y, gate))
+    return y, gate, up
 
 
 def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
@@ -267,8 +280,9 @@ def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
     if not needs_grad:
         # nothing to differentiate: no autograd node, and none of its host time
         return launch.swiglu_forward(x, w_gate, w_up, fast_accum, False)[0]
-    if store_preact and x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK:
-        return _two_node_swiglu(x, w_gate, w_up, fast_accum)
+    if store_preact and _builds_two_nodes(x, w_gate):
+        y, gate, up = _forward_with_up_node(x, w_gate, w_up, fast_accum)
+        return _GatedProduct.apply(x, w_gate, w_up, up, (y, gate))
     return _EagerSwiGLU.apply(x, w_gate, w_up, fast_accum, store_preact)
 
 
@@ -334,10 +348,9 @@ class _GatedMLP(torch.autograd.Function):
         x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
         need_dx, need_dw_gate, _, need_dw_down, need_d_up = ctx.needs_input_grad[:5]
         dw_down = _down_projection_grads_in_place(d_out, w_down, gate, up, need_dw_down)
-        dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
-        dw_gate = _weight_grad(gate, x) if need_dw_gate else None
-        # w_up's gradient is _UpProjection's; du goes to it as a plain tensor
-        return dx, dw_gate, None, dw_down, up.detach() if need_d_up else None, None
+        dx, dw_gate, d_up = _gated_grads(x, w_gate, w_up, gate, up, need_dx, need_dw_gate,
+                                         need_d_up)
+        return dx, dw_gate, None, dw_down, d_up, None
 
 
 def swiglu_mlp_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, fast_accum: bool,
@@ -345,10 +358,8 @@ def swiglu_mlp_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, fast_
     """The SwiGLU block with its down projection, for 2-D x, with autograd: the graphs of
     swiglu_2d (one node, or two for large problems) with the down projection inside."""
     if needs_grad and not torch.compiler.is_compiling() and _runs_triton(x, w_gate):
-        if not recompute and x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK:
-            hidden, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
-            if w_up.requires_grad:
-                up = _UpProjection.apply(w_up, x, [up])
+        if not recompute and _builds_two_nodes(x, w_gate):
+            hidden, gate, up = _forward_with_up_node(x, w_gate, w_up, fast_accum)
             return _GatedMLP.apply(x, w_gate, w_up, w_down, up, (hidden, gate))
         return _EagerSwiGLUMLP.apply(x, w_gate, w_up, w_down, fast_accum, recompute)
     if needs_grad:  # compiling, or nothing to compute
