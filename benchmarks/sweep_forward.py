@@ -1,6 +1,7 @@
 """Configurations of the forward's stacked kernel (nn.Linear-layout weights) timed against the
-cuBLAS packed GEMM, interleaved, on the benchmark's large shapes. GPU only:
-python benchmarks/sweep_forward.py [IR_FOLDER]"""
+cuBLAS packed GEMM, interleaved, on the benchmark's large shapes, or with --small on the
+host-bound token counts, timed there as CUDA-graph replays (kernel time, not the host's).
+GPU only: python benchmarks/sweep_forward.py [--small | IR_FOLDER]"""
 
 import sys
 
@@ -9,7 +10,8 @@ import triton
 from config_check import runs_correctly
 
 from fused_swiglu import launch
-from fused_swiglu.bench import interleaved_medians, linear_layout_operands, median_ms
+from fused_swiglu.bench import (graph_median_ms, interleaved_medians, linear_layout_operands,
+                                median_ms)
 from fused_swiglu.kernels.dual_gemm import SWIGLU_FORWARD
 from fused_swiglu.kernels.stacked_gemm import stacked_gemm_kernel
 from fused_swiglu.tuning import make_stacked_config
@@ -27,11 +29,22 @@ CONFIGS = {
     "128x128x64 s3 g8 again": make_stacked_config(128, 128, 64, 3, 8),
 }
 WITH_PREACT = ("128x128x64 s3 g8", "128x64x64 s4 g8 w4")
+SMALL_SHAPES = [(m, d_model, d_ff) for m in (512, 1024, 2048)
+                for d_model, d_ff in ((2048, 5632), (4096, 11008), (4096, 14336), (8192, 28672))]
+# fewer rows per tile: more tiles to spread over the multiprocessors at few tokens
+SMALL_CONFIGS = {
+    "128x128x64 s3 g8": make_stacked_config(128, 128, 64, 3, 8),
+    "64x128x64 s4 w4": make_stacked_config(64, 128, 64, 4, 4),
+    "64x128x64 s3 w4": make_stacked_config(64, 128, 64, 3, 4),
+    "64x64x64 s4 w4": make_stacked_config(64, 64, 64, 4, 4),
+    "128x64x64 s4 w8": make_stacked_config(128, 64, 64, 4, 8),
+    "128x64x64 s4 w4": make_stacked_config(128, 64, 64, 4, 4),
+}
 
 
-def main():
+def main(shapes=SHAPES, configs=CONFIGS, timer=median_ms, with_preact=WITH_PREACT):
     print(torch.cuda.get_device_name(), "triton", triton.__version__)
-    for m, d_model, d_ff in SHAPES:
+    for m, d_model, d_ff in shapes:
         dtype = torch.bfloat16
         x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
         packed = torch.cat([w_gate.T, w_up.T]).T
@@ -39,17 +52,17 @@ def main():
         pair = tuple(torch.empty(m, d_ff, device="cuda", dtype=dtype) for _ in range(2))
         ref = torch.nn.functional.silu((x @ w_gate).float()) * (x @ w_up).float()
         fns = {"cuBLAS packed": lambda: x @ packed}
-        for name, cfg in CONFIGS.items():
+        for name, cfg in configs.items():
             def run(cfg=cfg, store=False):
                 launch._dual_gemm(x, w_gate, w_up, y, pair if store else None, None,
                                   SWIGLU_FORWARD, False, config=cfg)
             if not runs_correctly(name, run, y, ref):
                 continue
             fns[name] = run
-            if name in WITH_PREACT:
+            if name in with_preact:
                 fns[name + " +g,u"] = lambda run=run: run(store=True)
         fns["cuBLAS packed again"] = lambda: x @ packed
-        ms = interleaved_medians(median_ms, fns)
+        ms = interleaved_medians(timer, fns)
         bound = ms["cuBLAS packed"]
         print(f"\nM={m} d_model={d_model} d_ff={d_ff}: cuBLAS {bound:.3f} ms")
         for k, v in sorted(ms.items(), key=lambda kv: kv[1]):
@@ -72,6 +85,9 @@ def dump_ir(folder):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--small"]:
+        main(SMALL_SHAPES, SMALL_CONFIGS, graph_median_ms, tuple(SMALL_CONFIGS))
+        sys.exit()
     main()
     if len(sys.argv) > 1:
         dump_ir(sys.argv[1])

@@ -39,6 +39,19 @@ def graph(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["fused kernel", "cuBLAS and pass"])
+def forward_path(request, monkeypatch):
+    """The forward's path at every token count: the fused kernel, or two cuBLAS GEMMs and the
+    elementwise pass (16-bit dtypes only, as the size rule has it; float32 stays fused)."""
+    from fused_swiglu import launch
+    if request.param == "fused kernel":
+        monkeypatch.setattr(launch, "CUBLAS_MAX_TOKENS", 0)
+    else:
+        monkeypatch.setattr(launch, "DECODE_MAX_TOKENS", 0)
+        monkeypatch.setattr(launch, "CUBLAS_MAX_TOKENS", 2 ** 62)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     torch.manual_seed(hash(request.node.nodeid) % 2**31)

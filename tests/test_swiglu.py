@@ -81,7 +81,7 @@ def check_against_reference(x, w_gate, w_up, tol, **kwargs):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,d_model,d_ff", SHAPES, ids=str)
-def test_forward_and_gradients(lead, d_model, d_ff, dtype, graph):
+def test_forward_and_gradients(lead, d_model, d_ff, dtype, graph, forward_path):
     check_against_reference(*make_inputs(lead, d_model, d_ff, dtype), TOLERANCE[dtype])
 
 
@@ -102,19 +102,47 @@ def test_recompute(lead, d_model, d_ff, dtype, transposed):
 
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("lead,d_model,d_ff", SHAPES[1:2] + SHAPES[-1:], ids=str)
-def test_fast_accum(lead, d_model, d_ff, recompute):
+def test_fast_accum(lead, d_model, d_ff, recompute, forward_path):
     x, w_gate, w_up = make_inputs(lead, d_model, d_ff, torch.float16)
     check_against_reference(x, w_gate, w_up, FAST_ACCUM_TOLERANCE, fast_accum=True,
                             recompute=recompute)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_no_worse_than_twice_pytorch(dtype):
+def test_no_worse_than_twice_pytorch(dtype, forward_path):
     x, w_gate, w_up = make_inputs((64,), 96, 160, dtype)
     ref = swiglu_reference(x.double(), w_gate.double(), w_up.double())
     eager = torch.nn.functional.silu(x @ w_gate) * (x @ w_up)
     ours = swiglu(x, w_gate, w_up)
     assert relative_error(ours, ref) <= 2 * relative_error(eager, ref) + 1e-7
+
+
+def _path_cases():
+    from fused_swiglu import launch
+    low, high = launch.DECODE_MAX_TOKENS, launch.CUBLAS_MAX_TOKENS
+    return [(low, torch.bfloat16, True), (low + 1, torch.bfloat16, False),
+            (high, torch.float16, False), (high + 1, torch.bfloat16, True),
+            (low + 1, torch.float32, True)]
+
+
+@pytest.mark.parametrize("m,dtype,fused", _path_cases(), ids=str)
+def test_forward_path_by_token_count(m, dtype, fused, monkeypatch):
+    """Decode steps and many tokens take the fused kernel, the sizes between cuBLAS and the
+    elementwise pass; float32 always the fused kernel (full precision whatever TF32 says)."""
+    from fused_swiglu import launch
+    fused_launches = []
+    real = launch._dual_gemm
+
+    def recording(*args, **kwargs):
+        fused_launches.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "_dual_gemm", recording)
+    x, w_gate, w_up = make_inputs((m,), 16, 24, dtype)
+    out = swiglu(x, w_gate, w_up)
+    assert bool(fused_launches) == fused
+    ref = swiglu_reference(x.double(), w_gate.double(), w_up.double())
+    assert relative_error(out, ref) <= TOLERANCE[dtype]
 
 
 @pytest.fixture
@@ -125,6 +153,7 @@ def stacked_launches(monkeypatch):
     from fused_swiglu import launch
 
     monkeypatch.setattr(launch, "TMA_MIN_WORK", 1)
+    monkeypatch.setattr(launch, "CUBLAS_MAX_TOKENS", 0)  # the fused kernel at every size
     launches = []
     real = launch._stacked_gemm
 
@@ -261,7 +290,7 @@ def saved_tensors(fn):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_saved_for_backward(recompute, graph):
+def test_saved_for_backward(recompute, graph, forward_path):
     m, d_model, d_ff = 33, 48, 80
     x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
                                                               torch.bfloat16))
@@ -305,7 +334,7 @@ def test_backward_allocates_no_tokens_by_d_ff_buffer(recompute, graph):
     assert (m, d_model) in allocated.shapes  # dx: the mode saw the backward's operators
 
 
-def test_nothing_saved_without_grad(kernel_outputs):
+def test_nothing_saved_without_grad(kernel_outputs, forward_path):
     m, d_model, d_ff = 7, 48, 80
     x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((m,), d_model, d_ff,
                                                               torch.float16))
@@ -535,7 +564,7 @@ if ON_GPU:
         assert len(tuning._chosen_configs) == tuned + 1
 
     @pytest.mark.parametrize("recompute", [False, True])
-    def test_forward_and_backward_replay_as_cuda_graph(recompute):
+    def test_forward_and_backward_replay_as_cuda_graph(recompute, forward_path):
         # the training step of graph-captured fine-tuning: warm-up calls (which tune) outside the
         # capture, then forward and backward captured together and replayed on new values
         x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((64,), 256, 512, torch.bfloat16,

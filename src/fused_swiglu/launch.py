@@ -6,7 +6,7 @@ import torch
 
 from .kernels.dual_gemm import (SWIGLU_BACKWARD, SWIGLU_BACKWARD_AND_PRODUCT, SWIGLU_FORWARD,
                                 dual_gemm_kernel)
-from .kernels.glu_backward import glu_backward_kernel
+from .kernels.glu_pointwise import glu_pointwise_kernel
 from .kernels.stacked_gemm import stacked_gemm_kernel
 from .tuning import (chosen_config, interpreting, remember_config, set_descriptor_blocks,
                      set_stacked_descriptor_blocks, token_bucket, tuned_dual_gemm,
@@ -226,12 +226,36 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=like.dtype)
 
 
+# From more than DECODE_MAX_TOKENS up to CUBLAS_MAX_TOKENS tokens, the forward is two cuBLAS
+# GEMMs writing g and u, then an elementwise pass for y. There the fused kernel's 128-row
+# tiles (or, below TMA_MIN_WORK, its two-MMA pointer kernel) fill the multiprocessors in few,
+# partly empty waves, where cuBLAS picks tiles that divide the work evenly. Measured on an
+# H200 over 64-512 tokens at the four benchmark model shapes (NOTES.md, v9): 0.92x the fused
+# forward's time in geometric mean with g and u kept (0.76-1.05x), 0.96x for y alone
+# (0.78-1.08x); from 1024 tokens the fused kernel is as fast or faster. Fewer tokens are a
+# decode step, where the fused kernel's narrow tiles read the weights once at close to the
+# copy bandwidth.
+DECODE_MAX_TOKENS = 32
+CUBLAS_MAX_TOKENS = 512
+
+
+def _uses_cublas(x: torch.Tensor) -> bool:
+    """16-bit operands only: float32 ones stay in the Triton kernels' full float32 precision,
+    which cuBLAS gives only when TF32 is off."""
+    return (DECODE_MAX_TOKENS < x.shape[0] <= CUBLAS_MAX_TOKENS
+            and x.dtype in (torch.float16, torch.bfloat16))
+
+
 def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     """y = silu(x @ w_gate) * (x @ w_up) for 2-D x, and with store_preact also the
     pre-activations g and u, two (M, d_ff) tensors of their own (so that each can be freed
     without the other); None for them otherwise."""
     M, N = x.shape[0], w_gate.shape[1]
     y = new_output((M, N), x)
+    if _uses_cublas(x):
+        gate, up = torch.mm(x, w_gate), torch.mm(x, w_up)
+        _glu_pointwise(None, gate, up, None, None, product=y)
+        return (y, gate, up) if store_preact else (y, None, None)
     pair = (new_output((M, N), x), new_output((M, N), x)) if store_preact else None
     _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum)
     return (y, *pair) if store_preact else (y, None, None)
@@ -243,36 +267,37 @@ def swiglu_grads_from_preact(dy, gate, up, out=None, product=None):
     tensor of g's strides), y = silu(g) * u into it as well."""
     M, N = dy.shape
     d_gate, d_up = (new_output((M, N), gate), new_output((M, N), up)) if out is None else out
-    _gate_grads(dy, gate, up, d_gate, d_up, product)
+    _glu_pointwise(dy, gate, up, d_gate, d_up, product)
     return d_gate, d_up
 
 
 def gate_grad_from_preact(dy, gate, up):
     """dg alone, in a new tensor."""
     d_gate = new_output(dy.shape, gate)
-    _gate_grads(dy, gate, up, d_gate, None)
+    _glu_pointwise(dy, gate, up, d_gate, None)
     return d_gate
 
 
 def up_grad_from_preact(dy, gate):
     """du alone, in a new tensor: it needs dy and g, not u."""
     d_up = new_output(dy.shape, gate)
-    _gate_grads(dy, gate, None, None, d_up)
+    _glu_pointwise(dy, gate, None, None, d_up)
     return d_up
 
 
-def _gate_grads(dy, gate, up, d_gate, d_up, product=None):
-    """The elementwise backward pass; up and d_gate, or d_up, may be None, and product is."""
-    M, N = dy.shape
+def _glu_pointwise(dy, gate, up, d_gate, d_up, product=None):
+    """The elementwise pass; up and d_gate, or d_up, may be None, and product is; dy None
+    writes the product alone."""
+    M, N = gate.shape
     strides = {t.stride() for t in (gate, up, d_gate, d_up, product) if t is not None}
     if len(strides) != 1:
         raise ValueError(f"g, u, dg, du and y must share strides, got {sorted(strides)}")
     block_m, block_n = 4, min(512, 1 << (N - 1).bit_length())
     grid = (_cdiv(M, block_m), _cdiv(N, block_n))
-    glu_backward_kernel[grid](
+    glu_pointwise_kernel[grid](
         dy, gate, up, d_gate, d_up, product,
         M, N,
-        dy.stride(0), dy.stride(1), gate.stride(0), gate.stride(1),
+        *(dy.stride() if dy is not None else (0, 0)), gate.stride(0), gate.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
     )
 
