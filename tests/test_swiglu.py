@@ -95,7 +95,7 @@ def test_transposed_linear_weights(lead, d_model, d_ff, dtype):
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,d_model,d_ff", [((2, 21), 48, 80)] + LARGE_SHAPES, ids=str)
-def test_recompute(lead, d_model, d_ff, dtype, transposed):
+def test_recompute(lead, d_model, d_ff, dtype, transposed, forward_path):
     check_against_reference(*make_inputs(lead, d_model, d_ff, dtype, transposed),
                             TOLERANCE[dtype], recompute=True)
 

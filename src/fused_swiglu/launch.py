@@ -304,8 +304,15 @@ def _glu_pointwise(dy, gate, up, d_gate, d_up, product=None):
 
 def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool, with_product=False):
     """(dg, du), two (M, d_ff) tensors of their own, recomputing g and u in the GEMM's
-    epilogue; with_product: (dg, du, y), y = silu(g) * u recomputed too."""
+    epilogue (or on the forward's cuBLAS path, as it does); with_product: (dg, du, y),
+    y = silu(g) * u recomputed too."""
     M, N = dy.shape
+    if _uses_cublas(x):
+        # the forward's path: g and u again by cuBLAS, then dg and du over them in place
+        gate, up = torch.mm(x, w_gate), torch.mm(x, w_up)
+        y = new_output((M, N), x) if with_product else None
+        _glu_pointwise(dy, gate, up, gate, up, product=y)
+        return (gate, up, y) if with_product else (gate, up)
     pair = (new_output((M, N), x), new_output((M, N), x))
     if not with_product:
         _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum)
