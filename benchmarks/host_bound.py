@@ -13,7 +13,8 @@ import time
 import torch
 import triton
 
-from fused_swiglu.bench import implementations, interleaved_samples, linear_layout_operands, median_ms
+from fused_swiglu.bench import (implementations, interleaved_samples, linear_layout_operands,
+                                median_ms)
 
 SHAPES = [(512, 2048, 5632), (512, 4096, 11008), (512, 4096, 14336)]
 # steps timed per host measurement: few enough that their launches fit the GPU's queue
@@ -65,7 +66,8 @@ def main(rounds):
                 step()
             samples = interleaved_samples(median_ms, steps, rounds)
             print(f"\n{dtype} M={m} d_model={d_model} d_ff={d_ff}")
-            print(f"{'implementation':26s} {'host us':>8s} {'graph ms':>9s} {'bench ms':>9s}  rounds")
+            print(f"{'implementation':26s} {'host us':>8s} {'graph ms':>9s} {'bench ms':>9s}  "
+                  "rounds")
             for name, step in steps.items():
                 graph = graph_ms(step) if name != "torch.compile" else float("nan")
                 print(f"{name:26s} {host_us(step):8.0f} {graph:9.3f} "
