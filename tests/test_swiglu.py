@@ -117,6 +117,20 @@ def test_no_worse_than_twice_pytorch(dtype, forward_path):
     assert relative_error(ours, ref) <= 2 * relative_error(eager, ref) + 1e-7
 
 
+def recorded_launches(monkeypatch, name):
+    """The first argument's shape of every call of launch.<name> from now on."""
+    from fused_swiglu import launch
+    launches = []
+    real = getattr(launch, name)
+
+    def recording(*args, **kwargs):
+        launches.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch, name, recording)
+    return launches
+
+
 def _path_cases():
     from fused_swiglu import launch
     low, high = launch.DECODE_MAX_TOKENS, launch.CUBLAS_MAX_TOKENS
@@ -129,15 +143,7 @@ def _path_cases():
 def test_forward_path_by_token_count(m, dtype, fused, monkeypatch):
     """Decode steps and many tokens take the fused kernel, the sizes between cuBLAS and the
     elementwise pass; float32 always the fused kernel (full precision whatever TF32 says)."""
-    from fused_swiglu import launch
-    fused_launches = []
-    real = launch._dual_gemm
-
-    def recording(*args, **kwargs):
-        fused_launches.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(launch, "_dual_gemm", recording)
+    fused_launches = recorded_launches(monkeypatch, "_dual_gemm")
     x, w_gate, w_up = make_inputs((m,), 16, 24, dtype)
     out = swiglu(x, w_gate, w_up)
     assert bool(fused_launches) == fused
@@ -154,14 +160,7 @@ def stacked_launches(monkeypatch):
 
     monkeypatch.setattr(launch, "TMA_MIN_WORK", 1)
     monkeypatch.setattr(launch, "CUBLAS_MAX_TOKENS", 0)  # the fused kernel at every size
-    launches = []
-    real = launch._stacked_gemm
-
-    def recording(*args, **kwargs):
-        launches.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(launch, "_stacked_gemm", recording)
+    launches = recorded_launches(monkeypatch, "_stacked_gemm")
     available = not ON_GPU or torch.cuda.get_device_capability()[0] >= 9
     return launches, available
 
