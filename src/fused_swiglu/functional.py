@@ -31,8 +31,10 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
 
     Dtypes: bfloat16, float16 or float32, the same for all three. float32 runs in full float32
     precision (no TF32). Under ``torch.autocast`` for x's device the inputs are cast to the
-    autocast dtype first. CUDA tensors run the Triton kernels; CPU tensors run them under the
-    Triton interpreter when ``TRITON_INTERPRET=1`` and plain PyTorch otherwise.
+    autocast dtype first. CUDA tensors run the Triton kernels (from 33 to 512 tokens in 16-bit
+    dtypes, two cuBLAS GEMMs and a Triton elementwise pass, which are faster there); CPU
+    tensors run them under the Triton interpreter when ``TRITON_INTERPRET=1`` and plain
+    PyTorch otherwise.
 
     Returns:
         ``(..., d_ff)`` in x's dtype.
