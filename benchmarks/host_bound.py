@@ -69,6 +69,8 @@ def main(rounds):
             print(f"{'implementation':26s} {'host us':>8s} {'graph ms':>9s} {'bench ms':>9s}  "
                   "rounds")
             for name, step in steps.items():
+                # not captured: torch.compile's dynamic-shape graph has its own CUDA-graph mode
+                # (mode="reduce-overhead"), which would time a different program
                 graph = graph_ms(step) if name != "torch.compile" else float("nan")
                 print(f"{name:26s} {host_us(step):8.0f} {graph:9.3f} "
                       f"{statistics.median(samples[name]):9.3f}  "
