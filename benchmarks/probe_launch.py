@@ -64,12 +64,12 @@ def layers(m, d_model=2048, d_ff=5632):
 def swiglu_with_graph(two_nodes):
     """swiglu that builds the one-node or the two-node graph whatever the size."""
     def run(x, w_gate, w_up):
-        saved = ops.TWO_NODE_MIN_WORK
-        ops.TWO_NODE_MIN_WORK = 1 if two_nodes else 2 ** 62
+        saved = ops._builds_two_nodes
+        ops._builds_two_nodes = lambda x, w_gate: two_nodes
         try:
             return swiglu(x, w_gate, w_up)
         finally:
-            ops.TWO_NODE_MIN_WORK = saved
+            ops._builds_two_nodes = saved
     return run
 
 

@@ -31,8 +31,9 @@ def kernel_outputs(monkeypatch):
 
 @pytest.fixture(params=["one node", "two nodes"])
 def graph(request, monkeypatch):
-    """The autograd graph of the training forward: one node, or two, the second the up
-    projection's, which large problems get (and here every problem)."""
+    """The autograd graph of the training forward on the fused path: one node, or two, the
+    second the up projection's, which large problems get (and here every problem). The
+    cuBLAS path builds two nodes at every size."""
     if request.param == "two nodes":
         from fused_swiglu import ops
         monkeypatch.setattr(ops, "TWO_NODE_MIN_WORK", 1)

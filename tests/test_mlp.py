@@ -31,7 +31,7 @@ def reference(x, w_gate, w_up, w_down):
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep g and u", "recompute"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,d_model,d_ff", SHAPES, ids=str)
-def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute, graph):
+def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute, graph, forward_path):
     leaves = make_mlp_inputs(lead, d_model, d_ff, dtype)
     out = swiglu_mlp(*leaves, recompute=recompute)
     assert out.dtype == dtype and out.shape == leaves[0].shape
@@ -47,19 +47,19 @@ def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute, graph):
 
 
 @pytest.mark.parametrize("frozen", ["w_down", "weights", "x"])
-def test_gradients_of_some_inputs(frozen, graph):
+def test_gradients_of_some_inputs(frozen, graph, forward_path):
     # the backward skips what nothing needs (with a frozen w_down, y is not written again)
-    leaves = make_mlp_inputs((9,), 48, 80, torch.float32)
+    leaves = make_mlp_inputs((9,), 48, 80, torch.bfloat16)
     needed = {"w_down": [0, 1, 2], "weights": [0], "x": [1, 2, 3]}[frozen]
     for i, leaf in enumerate(leaves):
         leaf.requires_grad_(i in needed)
-    d_out = torch.randn(9, 48, device=DEVICE)
+    d_out = torch.randn(9, 48, device=DEVICE, dtype=torch.bfloat16)
     swiglu_mlp(*leaves).backward(d_out)
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
     reference(*ref_leaves).backward(d_out.double())
     for i, (leaf, ref_leaf) in enumerate(zip(leaves, ref_leaves)):
         if i in needed:
-            assert relative_error(leaf.grad, ref_leaf.grad) <= TOLERANCE[torch.float32]
+            assert relative_error(leaf.grad, ref_leaf.grad) <= TOLERANCE[torch.bfloat16]
         else:
             assert leaf.grad is None
 
@@ -108,8 +108,8 @@ def test_compiled_block_keeps_what_eager_keeps(recompute):
         assert relative_error(leaf.grad, ref_leaf.grad) <= TOLERANCE[torch.bfloat16]
 
 
-def test_second_backward_needs_recompute(graph):
-    leaves = make_mlp_inputs((9,), 48, 80, torch.float32)
+def test_second_backward_needs_recompute(graph, forward_path):
+    leaves = make_mlp_inputs((9,), 48, 80, torch.bfloat16)
     out = swiglu_mlp(*leaves)
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -149,7 +149,7 @@ def test_bad_input_raises_clear_error(case):
 if ON_GPU:
 
     @pytest.mark.parametrize("m, d_model, d_ff", [(4096, 1024, 2816), (1024, 2048, 5632)])
-    def test_peak_memory_not_above_composition(m, d_model, d_ff, graph):
+    def test_peak_memory_not_above_composition(m, d_model, d_ff, graph, forward_path):
         # keeping less must not cost a higher peak: at most that of swiglu followed by a
         # matrix product, also where the weights' gradients outweigh the activations
         leaves = make_mlp_inputs((m,), d_model, d_ff, torch.bfloat16)

@@ -1,8 +1,8 @@
 """Autograd for the kernels: torch.library ops, which torch.compile traces (fullgraph), and
 autograd.Functions that eager mode calls because their host overhead is a fraction of a custom
-op's (measured: about 65 us per call on an H200 host). Eager training builds one node, or for
-large problems two (the gated product and the up projection), whose backward peaks at less
-memory."""
+op's (measured: about 65 us per call on an H200 host). Eager training builds one node, or on
+the cuBLAS path and for large problems two (the gated product and the up projection), whose
+backward peaks at less memory."""
 
 import torch
 from torch import Tensor
@@ -224,15 +224,16 @@ class _UpProjection(torch.autograd.Function):
 
 def _gated_grads(x, w_gate, w_up, gate, up, need_dx, need_dw_gate, need_d_up):
     """(dx, dw_gate, du) of the gated nodes below, from dg and du already in gate and up:
-    all of dx, and du handed as a plain tensor to _UpProjection, whose gradient dw_up is."""
+    all of dx, and du handed as a plain tensor to the up projection's node, whose gradient
+    dw_up is."""
     dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
     dw_gate = _weight_grad(gate, x) if need_dw_gate else None
     return dx, dw_gate, up.detach() if need_d_up else None
 
 
 class _GatedProduct(torch.autograd.Function):
-    """y = silu(x @ w_gate) * u, u from _UpProjection (or a plain tensor when w_up needs no
-    gradient); computed already by the fused forward, which `computed` holds as (y, g). The
+    """y = silu(x @ w_gate) * u, u from the up projection's node (or a plain tensor when w_up
+    needs no gradient); computed already by the forward, which `computed` holds as (y, g). The
     backward turns the stored g and u into dg and du in place and returns dx, dw_gate and du."""
 
     @staticmethod
@@ -251,25 +252,34 @@ class _GatedProduct(torch.autograd.Function):
         return dx, dw_gate, None, d_up, None
 
 
-# From this many multiply-adds per projection (tokens x d_model x d_ff) the training forward
-# builds the two-node graph: its backward peaks at the memory of separate projections (g, u
-# and one weight gradient, not two), and its extra node's host time (tens of microseconds)
-# hides behind the GPU's work. Smaller problems, whose step time the host bounds, keep the
-# one-node graph.
+# The two-node graph's backward peaks at the memory of separate projections (g, u and one
+# weight gradient, not two). On the fused path its second node is a Python one, tens of
+# microseconds of host time: from this many multiply-adds per projection (tokens x d_model x
+# d_ff) that hides behind the GPU's work, and smaller problems, whose step time the host
+# bounds, keep the one-node graph. On the cuBLAS path the second node is autograd's own
+# (see _forward_with_up_node), and every problem builds two.
 TWO_NODE_MIN_WORK = 2 ** 35
 
 
 def _builds_two_nodes(x: Tensor, w_gate: Tensor) -> bool:
-    return x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK
+    return (launch.uses_cublas(x)
+            or x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK)
 
 
 def _forward_with_up_node(x, w_gate, w_up, fast_accum):
-    """(y, g, u) of the fused forward for the two-node graphs: u as the output of an
-    _UpProjection node where w_up needs its gradient."""
-    y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
-    if w_up.requires_grad:
-        up = _UpProjection.apply(w_up, x, [up])
-    return y, gate, up
+    """(y, g, u) of the forward for the two-node graphs, u as the output of a node whose
+    backward is w_up's gradient alone where w_up needs one. On the cuBLAS path that node is
+    the one autograd records for the GEMM computing u, from x detached (_GatedProduct returns
+    all of dx): a built-in node costs a fraction of a Python node's host time, and its
+    gradient has w_up's memory layout, as _weight_grad's. The fused forward's u goes through
+    an _UpProjection node instead."""
+    if w_up.requires_grad and launch.uses_cublas(x):
+        up = torch.mm(x.detach(), w_up)
+        with torch.no_grad():  # g gets no node: _GatedProduct's backward computes dw_gate
+            return launch.cublas_forward(x, w_gate, up)
+    with torch.no_grad():  # else the cuBLAS path's GEMMs would record nodes nothing uses
+        y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
+    return y, gate, (_UpProjection.apply(w_up, x, [up]) if w_up.requires_grad else up)
 
 
 def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
@@ -333,9 +343,9 @@ class _EagerSwiGLUMLP(torch.autograd.Function):
 
 
 class _GatedMLP(torch.autograd.Function):
-    """(silu(x @ w_gate) * u) @ w_down with u from _UpProjection: the large problems' graph of
-    the block, split as _GatedProduct splits the SwiGLU, so that dg's memory is free again
-    before dw_up is computed. `computed` holds (y, g) from the fused forward."""
+    """(silu(x @ w_gate) * u) @ w_down with u from the up projection's node: the two-node graph
+    of the block, split as _GatedProduct splits the SwiGLU, so that dg's memory is free again
+    before dw_up is computed. `computed` holds (y, g) from the forward."""
 
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down, up, computed):
@@ -356,7 +366,8 @@ class _GatedMLP(torch.autograd.Function):
 def swiglu_mlp_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, fast_accum: bool,
                   recompute: bool, needs_grad: bool) -> Tensor:
     """The SwiGLU block with its down projection, for 2-D x, with autograd: the graphs of
-    swiglu_2d (one node, or two for large problems) with the down projection inside."""
+    swiglu_2d (one node, or two on the cuBLAS path and for large problems) with the down
+    projection inside."""
     if needs_grad and not torch.compiler.is_compiling() and _runs_triton(x, w_gate):
         if not recompute and _builds_two_nodes(x, w_gate):
             hidden, gate, up = _forward_with_up_node(x, w_gate, w_up, fast_accum)
