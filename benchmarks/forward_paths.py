@@ -18,12 +18,12 @@ MODEL_SHAPES = [(2048, 5632), (4096, 11008), (4096, 14336), (8192, 28672)]
 
 def forward(x, w_gate, w_up, cublas, store_preact):
     def run():
-        real = launch.uses_cublas
-        launch.uses_cublas = lambda x: cublas
+        real = launch._uses_cublas
+        launch._uses_cublas = lambda x: cublas
         try:
             launch.swiglu_forward(x, w_gate, w_up, False, store_preact)
         finally:
-            launch.uses_cublas = real
+            launch._uses_cublas = real
     return run
 
 

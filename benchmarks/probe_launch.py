@@ -1,5 +1,5 @@
 """Where the host time of one call goes. GPU only: python benchmarks/probe_launch.py
-[host | cprofile | graphs]"""
+[host | cprofile]"""
 
 import sys
 import time
@@ -45,8 +45,8 @@ def layers(m, d_model=2048, d_ff=5632):
         ("swiglu() forward, grad mode", lambda: swiglu(x, w_gate, w_up)),
         ("gate-grads kernel", lambda: launch.swiglu_grads_from_preact(dy, gate, up)),
         ("dx, dW (cuBLAS)", lambda: ops._projection_grads([gate, up], x, w_gate, w_up, needs)),
-        ("swiglu() fwd+bwd, one node", _with_graph(False, x, w_gate, w_up, dy)),
-        ("swiglu() fwd+bwd, two nodes", _with_graph(True, x, w_gate, w_up, dy)),
+        ("swiglu() fwd+bwd", lambda: torch.autograd.grad(
+            swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)),
         ("liger fwd+bwd", lambda: torch.autograd.grad(
             LigerSiLUMulFunction.apply(x @ w_gate, x @ w_up), (x, w_gate, w_up), dy)),
         ("eager fwd+bwd", lambda: torch.autograd.grad(
@@ -60,24 +60,6 @@ def layers(m, d_model=2048, d_ff=5632):
     tuner = tuned_dual_gemm(torch.cuda.get_device_name())
     for key, cfg in tuner.cache.items():
         print("  tuned:", key[:3], cfg)
-
-
-def swiglu_with_graph(two_nodes):
-    """swiglu that builds the one-node or the two-node graph whatever the size."""
-    def run(x, w_gate, w_up):
-        saved = ops._builds_two_nodes
-        ops._builds_two_nodes = lambda x, w_gate: two_nodes
-        try:
-            return swiglu(x, w_gate, w_up)
-        finally:
-            ops._builds_two_nodes = saved
-    return run
-
-
-def _with_graph(two_nodes, x, w_gate, w_up, dy):
-    """A forward+backward call that builds the one-node or the two-node graph at any size."""
-    fn = swiglu_with_graph(two_nodes)
-    return lambda: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy)
 
 
 class _Nothing(torch.autograd.Function):
@@ -141,42 +123,8 @@ def cprofile(m, d_model=4096, d_ff=11008, calls=100):
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
-def graphs(rounds=7):
-    """Host time per forward+backward of the one-node and the two-node graph and of Liger, in
-    interleaved rounds with the GPU kept busy (host_bound.host_us), at the M = 512 shapes."""
-    import statistics
-    from host_bound import SHAPES, host_us
-    from liger_kernel.ops.swiglu import LigerSiLUMulFunction
-    for dtype in (torch.bfloat16, torch.float16):
-        for m, d_model, d_ff in SHAPES:
-            x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
-            for t in (x, w_gate, w_up):
-                t.requires_grad_(True)
-            dy = torch.randn(m, d_ff, device="cuda", dtype=dtype)
-            steps = {
-                "one node": _with_graph(False, x, w_gate, w_up, dy),
-                "two nodes": _with_graph(True, x, w_gate, w_up, dy),
-                "liger": lambda: torch.autograd.grad(
-                    LigerSiLUMulFunction.apply(x @ w_gate, x @ w_up), (x, w_gate, w_up), dy),
-            }
-            samples = {name: [] for name in steps}
-            for step in steps.values():
-                step()
-            for _ in range(rounds):
-                for name, step in steps.items():
-                    samples[name].append(host_us(step))
-            print(f"\n{dtype} M={m} d_model={d_model} d_ff={d_ff}: host us per step, median "
-                  f"and rounds")
-            for name, times in samples.items():
-                print(f"  {name:10s} {statistics.median(times):6.0f}  "
-                      + " ".join(f"{t:.0f}" for t in times))
-
-
 if __name__ == "__main__":
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    if sys.argv[1:] == ["graphs"]:
-        graphs()
-        sys.exit()
     if sys.argv[1:] == ["cprofile"]:
         cprofile(512)
         sys.exit()

@@ -1,12 +1,11 @@
 """The GPU timeline of one forward+backward: each kernel's time, their sum, and the idle time
-between them, for this package (one-node and two-node graphs) and Liger-Kernel. Where the
-benchmark's forward+backward time exceeds the sum of its kernels, the rest is the GPU waiting
-(on the host, the allocator or a synchronisation). GPU only, from the repository root:
+between them, for this package and Liger-Kernel. Where the benchmark's forward+backward time
+exceeds the sum of its kernels, the rest is the GPU waiting (on the host, the allocator or a
+synchronisation). GPU only, from the repository root:
 
     python benchmarks/profile_step.py [M,d_model,d_ff ...]
 
-Also times forward+backward of the two graphs against Liger, interleaved, at each shape: the
-choice of ops.TWO_NODE_MIN_WORK."""
+Also times forward+backward of both, interleaved, at each shape."""
 
 import json
 import os
@@ -17,9 +16,9 @@ import tempfile
 import torch
 import triton
 
+from fused_swiglu import swiglu
 from fused_swiglu.bench import (implementations, interleaved_samples, linear_layout_operands,
                                 median_ms)
-from probe_launch import swiglu_with_graph
 
 SHAPES = [(4096, 2048, 5632), (8192, 2048, 5632), (8192, 4096, 11008), (512, 8192, 28672)]
 PROFILED_STEPS = 5
@@ -59,7 +58,7 @@ def timeline(step):
 def main(shapes):
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     liger = implementations(torch.bfloat16).get("liger")
-    impls = {"one node": swiglu_with_graph(False), "two nodes": swiglu_with_graph(True)}
+    impls = {"fused_swiglu": swiglu}
     if liger is not None:
         impls["liger"] = liger
     summary = []
@@ -79,16 +78,15 @@ def main(shapes):
             kernel_us, span_us, kernels = timeline(step)
             summary.append((f"{m}x{d_model}x{d_ff}", name, bench[name] * 1e3, kernel_us, span_us))
             print(f"  {name}: " + ", ".join(f"{k[0][:40]} {k[2]:.0f}" for k in kernels))
-    print(f"\n{'shape':18s} {'graph':10s} {'bench us':>9s} {'kernels us':>11s} "
+    print(f"\n{'shape':18s} {'impl':12s} {'bench us':>9s} {'kernels us':>11s} "
           f"{'span us':>8s} {'idle us':>8s}")
     for shape, name, bench_us, kernel_us, span_us in summary:
-        print(f"{shape:18s} {name:10s} {bench_us:9.1f} {kernel_us:11.1f} {span_us:8.1f} "
+        print(f"{shape:18s} {name:12s} {bench_us:9.1f} {kernel_us:11.1f} {span_us:8.1f} "
               f"{span_us - kernel_us:8.1f}")
 
 
 def _medians(steps):
-    """Medians over ROUNDS interleaved rounds, each round printed: the graphs differ by about
-    1%, within the benchmark's three rounds' spread."""
+    """Medians over ROUNDS interleaved rounds, each round printed."""
     samples = interleaved_samples(median_ms, steps, ROUNDS)
     for name, times in samples.items():
         print(f"  {name}: " + " ".join(f"{t:.3f}" for t in times) + " ms")

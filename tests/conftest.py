@@ -29,17 +29,6 @@ def kernel_outputs(monkeypatch):
     return shapes
 
 
-@pytest.fixture(params=["one node", "two nodes"])
-def graph(request, monkeypatch):
-    """The autograd graph of the training forward on the fused path: one node, or two, the
-    second the up projection's, which large problems get (and here every problem). The
-    cuBLAS path builds two nodes at every size."""
-    if request.param == "two nodes":
-        from fused_swiglu import ops
-        monkeypatch.setattr(ops, "TWO_NODE_MIN_WORK", 1)
-    return request.param
-
-
 @pytest.fixture(params=["fused kernel", "cuBLAS and pass"])
 def forward_path(request, monkeypatch):
     """The forward's path at every token count: the fused kernel, or two cuBLAS GEMMs and the

@@ -31,7 +31,7 @@ def reference(x, w_gate, w_up, w_down):
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep g and u", "recompute"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,d_model,d_ff", SHAPES, ids=str)
-def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute, graph, forward_path):
+def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute, forward_path):
     leaves = make_mlp_inputs(lead, d_model, d_ff, dtype)
     out = swiglu_mlp(*leaves, recompute=recompute)
     assert out.dtype == dtype and out.shape == leaves[0].shape
@@ -47,7 +47,7 @@ def test_forward_and_gradients(lead, d_model, d_ff, dtype, recompute, graph, for
 
 
 @pytest.mark.parametrize("frozen", ["w_down", "weights", "x"])
-def test_gradients_of_some_inputs(frozen, graph, forward_path):
+def test_gradients_of_some_inputs(frozen, forward_path):
     # the backward skips what nothing needs (with a frozen w_down, y is not written again)
     leaves = make_mlp_inputs((9,), 48, 80, torch.bfloat16)
     needed = {"w_down": [0, 1, 2], "weights": [0], "x": [1, 2, 3]}[frozen]
@@ -78,7 +78,7 @@ def _saved_shapes(fn, *args):
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep g and u", "recompute"])
-def test_keeps_no_swiglu_output(recompute, graph):
+def test_keeps_no_swiglu_output(recompute):
     leaves = make_mlp_inputs((37,), 48, 80, torch.bfloat16)
     tokens_by_d_ff = (37, 80)
     saved = _saved_shapes(lambda *t: swiglu_mlp(*t, recompute=recompute), *leaves)
@@ -108,7 +108,7 @@ def test_compiled_block_keeps_what_eager_keeps(recompute):
         assert relative_error(leaf.grad, ref_leaf.grad) <= TOLERANCE[torch.bfloat16]
 
 
-def test_second_backward_needs_recompute(graph, forward_path):
+def test_second_backward_needs_recompute(forward_path):
     leaves = make_mlp_inputs((9,), 48, 80, torch.bfloat16)
     out = swiglu_mlp(*leaves)
     out.sum().backward(retain_graph=True)
@@ -149,7 +149,7 @@ def test_bad_input_raises_clear_error(case):
 if ON_GPU:
 
     @pytest.mark.parametrize("m, d_model, d_ff", [(4096, 1024, 2816), (1024, 2048, 5632)])
-    def test_peak_memory_not_above_composition(m, d_model, d_ff, graph, forward_path):
+    def test_peak_memory_not_above_composition(m, d_model, d_ff, forward_path):
         # keeping less must not cost a higher peak: at most that of swiglu followed by a
         # matrix product, also where the weights' gradients outweigh the activations
         leaves = make_mlp_inputs((m,), d_model, d_ff, torch.bfloat16)

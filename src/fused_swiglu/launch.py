@@ -239,34 +239,31 @@ DECODE_MAX_TOKENS = 32
 CUBLAS_MAX_TOKENS = 512
 
 
-def uses_cublas(x: torch.Tensor) -> bool:
+def _uses_cublas(x: torch.Tensor) -> bool:
     """16-bit operands only: float32 ones stay in the Triton kernels' full float32 precision,
     which cuBLAS gives only when TF32 is off."""
     return (DECODE_MAX_TOKENS < x.shape[0] <= CUBLAS_MAX_TOKENS
             and x.dtype in (torch.float16, torch.bfloat16))
 
 
+def _cublas_preact(x, w_gate, w_up):
+    """(g, u) by cuBLAS, in new tensors."""
+    return torch.mm(x, w_gate), torch.mm(x, w_up)
+
+
 def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     """y = silu(x @ w_gate) * (x @ w_up) for 2-D x, and with store_preact also the
     pre-activations g and u, two (M, d_ff) tensors of their own (so that each can be freed
     without the other); None for them otherwise."""
-    if uses_cublas(x):
-        y, gate, up = cublas_forward(x, w_gate, torch.mm(x, w_up))
-        return (y, gate, up) if store_preact else (y, None, None)
     M, N = x.shape[0], w_gate.shape[1]
     y = new_output((M, N), x)
+    if _uses_cublas(x):
+        gate, up = _cublas_preact(x, w_gate, w_up)
+        _glu_pointwise(None, gate, up, None, None, product=y)
+        return (y, gate, up) if store_preact else (y, None, None)
     pair = (new_output((M, N), x), new_output((M, N), x)) if store_preact else None
     _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum)
     return (y, *pair) if store_preact else (y, None, None)
-
-
-def cublas_forward(x, w_gate, up):
-    """(y, g, u) on the cuBLAS path, given u = x @ w_up: g by cuBLAS, then y by the
-    elementwise pass."""
-    gate = torch.mm(x, w_gate)
-    y = new_output(gate.shape, x)
-    _glu_pointwise(None, gate, up, None, None, product=y)
-    return y, gate, up
 
 
 def swiglu_grads_from_preact(dy, gate, up, out=None, product=None):
@@ -315,9 +312,9 @@ def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool, with_product=F
     epilogue (or on the forward's cuBLAS path, as it does); with_product: (dg, du, y),
     y = silu(g) * u recomputed too."""
     M, N = dy.shape
-    if uses_cublas(x):
+    if _uses_cublas(x):
         # the forward's path: g and u again by cuBLAS, then dg and du over them in place
-        gate, up = torch.mm(x, w_gate), torch.mm(x, w_up)
+        gate, up = _cublas_preact(x, w_gate, w_up)
         y = new_output((M, N), x) if with_product else None
         _glu_pointwise(dy, gate, up, gate, up, product=y)
         return (gate, up, y) if with_product else (gate, up)

@@ -1,8 +1,8 @@
 """Autograd for the kernels: torch.library ops, which torch.compile traces (fullgraph), and
 autograd.Functions that eager mode calls because their host overhead is a fraction of a custom
-op's (measured: about 65 us per call on an H200 host). Eager training builds one node, or on
-the cuBLAS path and for large problems two (the gated product and the up projection), whose
-backward peaks at less memory."""
+op's (measured: about 65 us per call on an H200 host). Eager training builds one node,
+whose backward gives back the saved g's memory (dg by then) before the last weight
+gradient's GEMM, so that it peaks no higher than a graph of separate projections."""
 
 import torch
 from torch import Tensor
@@ -129,18 +129,32 @@ def _weight_grad(d_out: Tensor, x: Tensor) -> Tensor:
     return torch.mm(d_out.t(), x).t()
 
 
-def _projection_grads(grads: list, x: Tensor, w_gate: Tensor, w_up: Tensor, needs_input_grad):
-    """(dx, dw_gate, dw_up) from grads = [dg, du], None where not needed. dg is taken out of the
-    list and dropped before dw_up is computed: where nothing else holds it (recompute), its
-    memory is free again for that GEMM's output, as in a graph of separate projections."""
+def _projection_grads(grads: list, x: Tensor, w_gate: Tensor, w_up: Tensor, needs_input_grad,
+                      saved_gate_grad: bool = False):
+    """(dx, dw_gate, dw_up) from grads = [dg, du], None where not needed. dg's memory is free
+    again before dw_up is computed, as in a graph of separate projections: dg is taken out of
+    the list and dropped, and where it is the node's saved g, overwritten in place
+    (saved_gate_grad), its memory is given back, since the node holds it until it returns."""
     need_dx, need_dw_gate, need_dw_up = needs_input_grad[:3]
     d_gate = grads.pop(0)
     d_up = grads[0]
     dx = _input_grad(d_gate, d_up, w_gate, w_up) if need_dx else None
     dw_gate = _weight_grad(d_gate, x) if need_dw_gate else None
+    if saved_gate_grad:
+        _release_memory(d_gate)
     del d_gate
     dw_up = _weight_grad(d_up, x) if need_dw_up else None
     return dx, dw_gate, dw_up
+
+
+def _release_memory(t: Tensor) -> None:
+    """Give the memory of t, a saved tensor already overwritten, back to the allocator now,
+    where t alone fills its storage (saved-tensor hooks may hand back a view of something
+    larger, which is left alone). Kernels queued on the stream finish reading it first: the
+    caching allocator hands freed blocks out again in stream order."""
+    storage = t.untyped_storage()
+    if storage.resizable() and storage.nbytes() == t.numel() * t.element_size():
+        storage.resize_(0)
 
 
 def _setup_context(ctx, inputs, output):
@@ -200,86 +214,8 @@ class _EagerSwiGLU(torch.autograd.Function):
             _gate_grads_in_place(dy, gate, up)
             grads = [gate, up]
         del gate, up
-        return *_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), None, None
-
-
-class _UpProjection(torch.autograd.Function):
-    """u = x @ w_up as a node of its own, whose value the fused forward has computed already;
-    its backward is w_up's gradient alone, since _GatedProduct's backward computes all of dx.
-    After _GatedProduct's backward returns, only du is left of the stored pre-activations:
-    dg's memory is free again before this node's GEMM allocates dw_up."""
-
-    @staticmethod
-    def forward(ctx, w_up, x, computed):
-        # `computed` holds u in a list, so that autograd takes it for a new output rather than
-        # an input returned unchanged (which it would make a view)
-        ctx.save_for_backward(x)
-        return computed[0]
-
-    @staticmethod
-    def backward(ctx, d_up):
-        (x,) = ctx.saved_tensors
-        return _weight_grad(d_up, x), None, None
-
-
-def _gated_grads(x, w_gate, w_up, gate, up, need_dx, need_dw_gate, need_d_up):
-    """(dx, dw_gate, du) of the gated nodes below, from dg and du already in gate and up:
-    all of dx, and du handed as a plain tensor to the up projection's node, whose gradient
-    dw_up is."""
-    dx = _input_grad(gate, up, w_gate, w_up) if need_dx else None
-    dw_gate = _weight_grad(gate, x) if need_dw_gate else None
-    return dx, dw_gate, up.detach() if need_d_up else None
-
-
-class _GatedProduct(torch.autograd.Function):
-    """y = silu(x @ w_gate) * u, u from the up projection's node (or a plain tensor when w_up
-    needs no gradient); computed already by the forward, which `computed` holds as (y, g). The
-    backward turns the stored g and u into dg and du in place and returns dx, dw_gate and du."""
-
-    @staticmethod
-    def forward(ctx, x, w_gate, w_up, up, computed):
-        y, gate = computed
-        ctx.save_for_backward(x, w_gate, w_up, gate, up)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w_gate, w_up, gate, up = ctx.saved_tensors
-        _gate_grads_in_place(dy, gate, up)
-        need_dx, need_dw_gate, _, need_d_up = ctx.needs_input_grad[:4]
-        dx, dw_gate, d_up = _gated_grads(x, w_gate, w_up, gate, up, need_dx, need_dw_gate,
-                                         need_d_up)
-        return dx, dw_gate, None, d_up, None
-
-
-# The two-node graph's backward peaks at the memory of separate projections (g, u and one
-# weight gradient, not two). On the fused path its second node is a Python one, tens of
-# microseconds of host time: from this many multiply-adds per projection (tokens x d_model x
-# d_ff) that hides behind the GPU's work, and smaller problems, whose step time the host
-# bounds, keep the one-node graph. On the cuBLAS path the second node is autograd's own
-# (see _forward_with_up_node), and every problem builds two.
-TWO_NODE_MIN_WORK = 2 ** 35
-
-
-def _builds_two_nodes(x: Tensor, w_gate: Tensor) -> bool:
-    return (launch.uses_cublas(x)
-            or x.shape[0] * x.shape[1] * w_gate.shape[1] >= TWO_NODE_MIN_WORK)
-
-
-def _forward_with_up_node(x, w_gate, w_up, fast_accum):
-    """(y, g, u) of the forward for the two-node graphs, u as the output of a node whose
-    backward is w_up's gradient alone where w_up needs one. On the cuBLAS path that node is
-    the one autograd records for the GEMM computing u, from x detached (_GatedProduct returns
-    all of dx): a built-in node costs a fraction of a Python node's host time, and its
-    gradient has w_up's memory layout, as _weight_grad's. The fused forward's u goes through
-    an _UpProjection node instead."""
-    if w_up.requires_grad and launch.uses_cublas(x):
-        up = torch.mm(x.detach(), w_up)
-        with torch.no_grad():  # g gets no node: _GatedProduct's backward computes dw_gate
-            return launch.cublas_forward(x, w_gate, up)
-    with torch.no_grad():  # else the cuBLAS path's GEMMs would record nodes nothing uses
-        y, gate, up = launch.swiglu_forward(x, w_gate, w_up, fast_accum, True)
-    return y, gate, (_UpProjection.apply(w_up, x, [up]) if w_up.requires_grad else up)
+        return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad,
+                                   saved_gate_grad=not ctx.recompute), None, None)
 
 
 def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
@@ -290,9 +226,6 @@ def swiglu_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, fast_accum: bool,
     if not needs_grad:
         # nothing to differentiate: no autograd node, and none of its host time
         return launch.swiglu_forward(x, w_gate, w_up, fast_accum, False)[0]
-    if store_preact and _builds_two_nodes(x, w_gate):
-        y, gate, up = _forward_with_up_node(x, w_gate, w_up, fast_accum)
-        return _GatedProduct.apply(x, w_gate, w_up, up, (y, gate))
     return _EagerSwiGLU.apply(x, w_gate, w_up, fast_accum, store_preact)
 
 
@@ -338,40 +271,15 @@ class _EagerSwiGLUMLP(torch.autograd.Function):
             dw_down = _down_projection_grads_in_place(d_out, w_down, gate, up, need_dw_down)
             grads = [gate, up]
         del gate, up
-        return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad), dw_down,
-                None, None)
-
-
-class _GatedMLP(torch.autograd.Function):
-    """(silu(x @ w_gate) * u) @ w_down with u from the up projection's node: the two-node graph
-    of the block, split as _GatedProduct splits the SwiGLU, so that dg's memory is free again
-    before dw_up is computed. `computed` holds (y, g) from the forward."""
-
-    @staticmethod
-    def forward(ctx, x, w_gate, w_up, w_down, up, computed):
-        hidden, gate = computed
-        ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
-        return torch.mm(hidden, w_down)
-
-    @staticmethod
-    def backward(ctx, d_out):
-        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
-        need_dx, need_dw_gate, _, need_dw_down, need_d_up = ctx.needs_input_grad[:5]
-        dw_down = _down_projection_grads_in_place(d_out, w_down, gate, up, need_dw_down)
-        dx, dw_gate, d_up = _gated_grads(x, w_gate, w_up, gate, up, need_dx, need_dw_gate,
-                                         need_d_up)
-        return dx, dw_gate, None, dw_down, d_up, None
+        return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad,
+                                   saved_gate_grad=not ctx.recompute), dw_down, None, None)
 
 
 def swiglu_mlp_2d(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, fast_accum: bool,
                   recompute: bool, needs_grad: bool) -> Tensor:
-    """The SwiGLU block with its down projection, for 2-D x, with autograd: the graphs of
-    swiglu_2d (one node, or two on the cuBLAS path and for large problems) with the down
-    projection inside."""
+    """The SwiGLU block with its down projection, for 2-D x, with autograd: swiglu_2d's node
+    with the down projection inside."""
     if needs_grad and not torch.compiler.is_compiling() and _runs_triton(x, w_gate):
-        if not recompute and _builds_two_nodes(x, w_gate):
-            hidden, gate, up = _forward_with_up_node(x, w_gate, w_up, fast_accum)
-            return _GatedMLP.apply(x, w_gate, w_up, w_down, up, (hidden, gate))
         return _EagerSwiGLUMLP.apply(x, w_gate, w_up, w_down, fast_accum, recompute)
     if needs_grad:  # compiling, or nothing to compute
         return swiglu_mlp_forward(x, w_gate, w_up, w_down, fast_accum, recompute)[0]
