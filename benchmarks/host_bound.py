@@ -13,8 +13,8 @@ import time
 import torch
 import triton
 
-from fused_swiglu.bench import (implementations, interleaved_samples, linear_layout_operands,
-                                median_ms)
+from fused_swiglu.bench import (captured_median_ms, implementations, interleaved_samples,
+                                linear_layout_operands, median_ms)
 
 SHAPES = [(512, 2048, 5632), (512, 4096, 11008), (512, 4096, 14336)]
 # steps timed per host measurement: few enough that their launches fit the GPU's queue
@@ -37,19 +37,6 @@ def host_us(step):
     return statistics.median(times)
 
 
-def graph_ms(step):
-    """GPU time of one step: the step captured as a CUDA graph and replayed."""
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up on the capture stream
-    torch.cuda.current_stream().wait_stream(stream)
-    with torch.cuda.graph(graph):
-        step()
-    return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median")
-
-
 def main(rounds):
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     for dtype in (torch.bfloat16, torch.float16):
@@ -69,9 +56,7 @@ def main(rounds):
             print(f"{'implementation':26s} {'host us':>8s} {'graph ms':>9s} {'bench ms':>9s}  "
                   "rounds")
             for name, step in steps.items():
-                # not captured: torch.compile's dynamic-shape graph has its own CUDA-graph mode
-                # (mode="reduce-overhead"), which would time a different program
-                graph = graph_ms(step) if name != "torch.compile" else float("nan")
+                graph = captured_median_ms(step) if name != "torch.compile" else float("nan")
                 print(f"{name:26s} {host_us(step):8.0f} {graph:9.3f} "
                       f"{statistics.median(samples[name]):9.3f}  "
                       + " ".join(f"{t:.3f}" for t in samples[name]))

@@ -53,6 +53,13 @@ def main(paths):
             if speedups:
                 print(f"  2. fwd+bwd speed-up over {peer}: geomean {geomean(speedups):.3f}, "
                       f"worst {min(speedups):.3f}")
+        graph = [by_key[(*s, "liger")].get("fwd_bwd_graph_ms", math.nan)
+                 / by_key[(*s, OURS)].get("fwd_bwd_graph_ms", math.nan)
+                 for s in mid if s[1] < 4096 and (*s, "liger") in by_key]
+        graph = [g for g in graph if not math.isnan(g)]
+        if graph:
+            print(f"  2. M = 512 fwd+bwd GPU time (CUDA graphs), speed-up over liger: geomean "
+                  f"{geomean(graph):.3f}, worst {min(graph):.3f}")
         if decode:
             reads = [by_key[(*s, OURS)]["vs_weight_read"] for s in decode]
             vs_eager = [by_key[(*s, "eager")]["fwd_ms"] / by_key[(*s, OURS)]["fwd_ms"]
@@ -93,7 +100,8 @@ def markdown_tables(by_key, shapes):
                                                    if s[0] == dtype)]
         train = [s for s in shapes if s[0] == dtype and s[1] >= 512]
         train.sort(key=lambda s: (s[2], s[3], s[1]))
-        print(f"\n**{dtype}**, forward / forward+backward in ms, and peak MB of forward+backward "
+        print(f"\n**{dtype}**, forward / forward+backward in ms, for M = 512 also forward+backward "
+              f"as CUDA-graph replays [in brackets], and peak MB of forward+backward "
               f"(M tokens x d_model x d_ff):\n")
         _header(present)
         for s in train:
@@ -104,6 +112,8 @@ def markdown_tables(by_key, shapes):
                     cells.append("–")
                     continue
                 cell = f"{r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f}"
+                if not math.isnan(r.get("fwd_bwd_graph_ms", math.nan)):
+                    cell += f" [{r['fwd_bwd_graph_ms']:.3f}]"
                 if not math.isnan(r["peak_mb"]):
                     cell += f" ({r['peak_mb']:.0f} MB)"
                 cells.append(cell)

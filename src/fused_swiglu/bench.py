@@ -87,6 +87,21 @@ def graph_median_ms(fn):
     return triton.testing.do_bench_cudagraph(fn, rep=25, return_mode="median")
 
 
+def captured_median_ms(step):
+    """GPU time of step, captured once as a CUDA graph and replayed: a forward+backward whose
+    eager time the host bounds. Graphs do not capture torch.compile's dynamic-shape program
+    (its mode="reduce-overhead" would time a different one)."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up on the capture stream
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        step()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median")
+
+
 def _no_grad(fn):
     def run():
         with torch.no_grad():
@@ -160,15 +175,20 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     rounds = HOST_BOUND_ROUNDS if with_backward and m <= HOST_BOUND_TOKENS else ROUNDS
     fwd_ms = interleaved_medians(median_ms if with_backward else graph_median_ms, fwd, rounds)
     fwd[BOUND] = None  # frees the packed weight before the forward+backward timings
-    fwd_bwd_ms = {}
+    fwd_bwd_ms, fwd_bwd_graph_ms = {}, {}
     if with_backward:
-        fwd_bwd_ms = interleaved_medians(median_ms, {
-            name: lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy)
-            for name, fn in impls.items()}, rounds)
+        steps = {name: lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up),
+                                                         dy)
+                 for name, fn in impls.items()}
+        fwd_bwd_ms = interleaved_medians(median_ms, steps, rounds)
         fwd_bwd_ms[BOUND] = 3 * fwd_ms[BOUND]
+        if m <= HOST_BOUND_TOKENS:  # the GPU's time too, where the eager one is the host's
+            fwd_bwd_graph_ms = interleaved_medians(captured_median_ms, {
+                name: step for name, step in steps.items() if name != "torch.compile"})
     rows = []
     for name in fwd:
         row = dict(impl=name, fwd_ms=fwd_ms[name], fwd_bwd_ms=fwd_bwd_ms.get(name, math.nan),
+                   fwd_bwd_graph_ms=fwd_bwd_graph_ms.get(name, math.nan),
                    saved_mb=math.nan, peak_mb=math.nan)
         if with_backward and with_memory and name in impls:
             saved, peak = memory_bytes(impls[name], (x, w_gate, w_up), dy)
@@ -226,10 +246,12 @@ def _print_rows(rows):
     first = rows[0]
     print(f"\n{first['dtype']} M={first['m']} d_model={first['d_model']} d_ff={first['d_ff']}")
     print(f"{'implementation':28s} {'fwd ms':>8s} {'TFLOP/s':>8s} {'x bound':>8s} "
-          f"{'fwd+bwd ms':>10s} {'x bound':>8s} {'saved MB':>9s} {'peak MB':>9s}")
+          f"{'fwd+bwd ms':>10s} {'x bound':>8s} {'graph ms':>9s} {'saved MB':>9s} "
+          f"{'peak MB':>9s}")
     for r in rows:
         print(f"{r['impl']:28s} {r['fwd_ms']:8.3f} {r['fwd_tflops']:8.0f} "
               f"{r['fwd_vs_bound']:8.3f} {r['fwd_bwd_ms']:10.3f} {r['fwd_bwd_vs_bound']:8.3f} "
+              f"{r.get('fwd_bwd_graph_ms', math.nan):9.3f} "
               f"{r.get('saved_mb', math.nan):9.0f} {r.get('peak_mb', math.nan):9.0f}")
 
 
