@@ -3,6 +3,7 @@ shapes) and on CUDA (the same tests plus real model shapes, autocast, torch.comp
 
 import pytest
 import torch
+import torch.utils.checkpoint
 import triton
 import triton.language as tl
 from conftest import DEVICE, ON_GPU
@@ -292,6 +293,19 @@ def test_saved_tensor_hooks(hooks, forward_path):
         check_against_reference(x, w_gate, w_up, TOLERANCE[torch.bfloat16])
     released = [tuple(t.shape) for t in saved if t.untyped_storage().nbytes() == 0]
     assert released == ([(m, d_ff)] if hooks == "none" else [])
+
+
+def test_activation_checkpointing(forward_path):
+    # torch.utils.checkpoint runs the forward again in the backward and hands its g and u to
+    # the backward, which overwrites and frees them as it does its own
+    x, w_gate, w_up = (t.requires_grad_() for t in make_inputs((37,), 48, 80, torch.bfloat16))
+    out = torch.utils.checkpoint.checkpoint(swiglu, x, w_gate, w_up, use_reentrant=False)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    ref_out, ref_grads = reference_with_grads(x, w_gate, w_up, dy)
+    assert relative_error(out, ref_out) <= TOLERANCE[torch.bfloat16]
+    for leaf, ref in zip((x, w_gate, w_up), ref_grads):
+        assert relative_error(leaf.grad, ref) <= TOLERANCE[torch.bfloat16]
 
 
 def test_output_modified_in_place():
