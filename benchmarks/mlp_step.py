@@ -4,7 +4,8 @@ LlamaMLP), its torch.compile, and Liger-Kernel's LigerSwiGLUMLP. Forward+backwar
 bytes autograd keeps between forward and backward (beyond x and the weights), and the peak
 above the inputs. bfloat16, GPU only:
 
-    python benchmarks/mlp_step.py [M,d_model,d_ff ...]"""
+    python benchmarks/mlp_step.py [M,d_model,d_ff ...]
+    python benchmarks/mlp_step.py timeline M,d_model,d_ff   # the kernels of one step each"""
 
 import sys
 import types
@@ -67,5 +68,24 @@ def main(shapes):
                   f"{peak / 2**20:8.0f}")
 
 
+def kernel_timelines(m, d_model, d_ff):
+    """Each module's kernels in one forward+backward (µs), their sum and span."""
+    from profile_step import timeline
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    found = modules(d_model, d_ff)
+    x = torch.randn(m, d_model, device="cuda", dtype=DTYPE, requires_grad=True)
+    d_out = torch.randn(m, d_model, device="cuda", dtype=DTYPE)
+    for name, module in found.items():
+        def step(module=module):
+            torch.autograd.grad(module(x), (x, *module.parameters()), d_out)
+        step()
+        kernel_us, span_us, kernels = timeline(step)
+        print(f"\n{m}x{d_model}x{d_ff} {name}: kernels {kernel_us:.0f} us in {span_us:.0f}")
+        print("  " + ", ".join(f"{k[0][:48]} {k[2]:.0f}" for k in kernels))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["timeline"]:
+        kernel_timelines(*(int(v) for v in sys.argv[2].split(",")))
+        sys.exit()
     main([tuple(int(v) for v in arg.split(",")) for arg in sys.argv[1:]] or SHAPES)
