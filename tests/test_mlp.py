@@ -6,7 +6,7 @@ import functools
 import pytest
 import torch
 from conftest import DEVICE, ON_GPU
-from test_swiglu import TOLERANCE, DTYPES, make_inputs, relative_error
+from test_swiglu import TOLERANCE, DTYPES, make_inputs, relative_error, saved_tensors
 
 from fused_swiglu import SwiGLUMLP, swiglu, swiglu_mlp, swiglu_reference
 
@@ -66,15 +66,8 @@ def test_gradients_of_some_inputs(frozen, forward_path):
 
 def _saved_shapes(fn, *args):
     """Shapes of the tensors autograd saves for fn(*args)'s backward."""
-    shapes = []
-
-    def pack(t):
-        shapes.append(tuple(t.shape))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*args)
-    return shapes
+    _, saved = saved_tensors(lambda: fn(*args))
+    return [tuple(t.shape) for t in saved]
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["keep g and u", "recompute"])
