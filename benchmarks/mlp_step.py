@@ -48,17 +48,23 @@ def modules(d_model, d_ff):
     return found
 
 
+def training_steps(found, m, d_model):
+    """(x, d_out, {name: one forward+backward of that module on x with d_out})."""
+    x = torch.randn(m, d_model, device="cuda", dtype=DTYPE, requires_grad=True)
+    d_out = torch.randn(m, d_model, device="cuda", dtype=DTYPE)
+    steps = {name: (lambda module=module: torch.autograd.grad(
+                 module(x), (x, *module.parameters()), d_out))
+             for name, module in found.items()}
+    return x, d_out, steps
+
+
 def main(shapes):
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     print(f"{'shape':18s} {'module':24s} {'fwd+bwd ms':>10s} {'vs eager':>8s} "
           f"{'saved MB':>9s} {'peak MB':>8s}")
     for m, d_model, d_ff in shapes:
         found = modules(d_model, d_ff)
-        x = torch.randn(m, d_model, device="cuda", dtype=DTYPE, requires_grad=True)
-        d_out = torch.randn(m, d_model, device="cuda", dtype=DTYPE)
-        steps = {name: (lambda module=module: torch.autograd.grad(
-                     module(x), (x, *module.parameters()), d_out))
-                 for name, module in found.items()}
+        x, d_out, steps = training_steps(found, m, d_model)
         times = interleaved_medians(median_ms, steps)
         for name, module in found.items():
             saved, peak = memory_bytes(lambda x, *weights, module=module: module(x),
@@ -72,12 +78,8 @@ def kernel_timelines(m, d_model, d_ff):
     """Each module's kernels in one forward+backward (µs), their sum and span."""
     from profile_step import timeline
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    found = modules(d_model, d_ff)
-    x = torch.randn(m, d_model, device="cuda", dtype=DTYPE, requires_grad=True)
-    d_out = torch.randn(m, d_model, device="cuda", dtype=DTYPE)
-    for name, module in found.items():
-        def step(module=module):
-            torch.autograd.grad(module(x), (x, *module.parameters()), d_out)
+    _, _, steps = training_steps(modules(d_model, d_ff), m, d_model)
+    for name, step in steps.items():
         step()
         kernel_us, span_us, kernels = timeline(step)
         print(f"\n{m}x{d_model}x{d_ff} {name}: kernels {kernel_us:.0f} us in {span_us:.0f}")
