@@ -1,6 +1,6 @@
 """The backward's parts, ours against the other ways to run each, timed in one process on the
 same operands: the gate-gradient pass, dx and the weight gradients. GPU only, from the
-repository root: python benchmarks/backward_parts.py [bfloat16|float16]"""
+repository root: python benchmarks/backward_parts.py [bfloat16|float16] [M,d_model,d_ff ...]"""
 
 import sys
 
@@ -64,6 +64,7 @@ def parts(m, d_model, d_ff, dtype):
 if __name__ == "__main__":
     dtype = getattr(torch, sys.argv[1] if len(sys.argv) > 1 else "bfloat16")
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    for shape in SHAPES:
+    shapes = [tuple(int(v) for v in arg.split(",")) for arg in sys.argv[2:]] or SHAPES
+    for shape in shapes:
         parts(*shape, dtype)
         torch.cuda.empty_cache()
