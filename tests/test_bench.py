@@ -3,16 +3,26 @@
 from fused_swiglu.bench import interleaved_samples
 
 
-def test_interleaved_rounds_rotate_the_order():
+def test_interleaved_rounds_time_every_fn_once_each_in_changing_orders():
     order = []
 
     def timer(fn):
         order.append(fn())
         return float(len(order))
 
-    fns = {name: (lambda name=name: name) for name in "abc"}
-    samples = interleaved_samples(timer, fns, rounds=4)
-    assert order == list("abc" "bca" "cab" "abc")
-    # each name gets one sample per round, in the round it was timed
-    assert samples == {"a": [1.0, 6.0, 8.0, 10.0], "b": [2.0, 4.0, 9.0, 11.0],
-                       "c": [3.0, 5.0, 7.0, 12.0]}
+    names = "abcde"
+    fns = {name: (lambda name=name: name) for name in names}
+    samples = interleaved_samples(timer, fns, rounds=6)
+    rounds = [order[i:i + len(names)] for i in range(0, len(order), len(names))]
+    assert len(rounds) == 6 and all(sorted(r) == list(names) for r in rounds)
+    # not one fixed order: both who goes first and who follows whom change between rounds
+    assert len({r[0] for r in rounds}) > 1
+    assert len({tuple(r) for r in rounds}) > 1
+    # each sample is the timer's answer for that fn in that round
+    for name in names:
+        assert samples[name] == [float(i * len(names) + r.index(name) + 1)
+                                 for i, r in enumerate(rounds)]
+    # the same orders in every run, so two runs time the same sequence
+    order.clear()
+    interleaved_samples(timer, fns, rounds=6)
+    assert [order[i:i + len(names)] for i in range(0, len(order), len(names))] == rounds

@@ -13,6 +13,7 @@ import csv
 import functools
 import math
 import pathlib
+import random
 import statistics
 
 import torch
@@ -110,15 +111,18 @@ def _no_grad(fn):
 
 
 def interleaved_samples(timer, fns, rounds=ROUNDS):
-    """{name: [ms of fn in each round]}, each round timing every fn once, starting one fn
-    later than the round before. In a fixed order, on an H100, whichever of several variants
-    of the same GEMMs came first in a round ran 7-13% faster than the rest in every round;
-    rotated, they timed within 2% of each other (NOTES.md, v11)."""
+    """{name: [ms of fn in each round]}, each round timing every fn once, in an order of its
+    own (a seeded shuffle, the same in every run). In one fixed order, on an H100, whichever of
+    several variants of the same GEMMs came first in a round ran 7-13% faster than the rest in
+    every round; and a fixed neighbour may tilt a pair the same way in every round
+    (NOTES.md, v11)."""
     names = list(fns)
     samples = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
+        order = names[:]
+        shuffle(order)
+        for name in order:
             samples[name].append(timer(fns[name]))
     return samples
 
