@@ -167,8 +167,10 @@ def linear_layout_operands(m, d_model, d_ff, dtype, device="cuda"):
     return x, w_gate, w_up
 
 
-def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True):
-    """Rows of results for one shape: the bound first, then every implementation."""
+def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True,
+                rounds=ROUNDS):
+    """Rows of results for one shape: the bound first, then every implementation; `rounds`
+    interleaved rounds (at least HOST_BOUND_ROUNDS for the host-bound sizes)."""
     x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
     dy = torch.randn(m, d_ff, device="cuda", dtype=dtype)
     flops_fwd = 2 * m * d_model * 2 * d_ff
@@ -181,7 +183,8 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     del packed  # only the bound's closure holds it, so that dropping that frees it
     fwd.update({name: _no_grad(lambda fn=fn: fn(x, w_gate, w_up)) for name, fn in impls.items()})
     # decode rows (no backward) are timed as CUDA graphs, which the host does not bound
-    rounds = HOST_BOUND_ROUNDS if with_backward and m <= HOST_BOUND_TOKENS else ROUNDS
+    if with_backward and m <= HOST_BOUND_TOKENS:
+        rounds = max(rounds, HOST_BOUND_ROUNDS)
     fwd_ms = interleaved_medians(median_ms if with_backward else graph_median_ms, fwd, rounds)
     fwd[BOUND] = None  # frees the packed weight before the forward+backward timings
     fwd_bwd_ms, fwd_bwd_graph_ms = {}, {}
@@ -223,7 +226,7 @@ def copy_bandwidth_gbs():
     return 2 * src.numel() / ms * 1e-6
 
 
-def run(shapes_and_tokens, dtypes, out_dir=None, with_memory=True):
+def run(shapes_and_tokens, dtypes, out_dir=None, with_memory=True, rounds=ROUNDS):
     card = torch.cuda.get_device_name()
     bandwidth = copy_bandwidth_gbs()
     print(f"# {card}: copy bandwidth {bandwidth:.0f} GB/s, torch {torch.__version__}, "
@@ -234,7 +237,7 @@ def run(shapes_and_tokens, dtypes, out_dir=None, with_memory=True):
         for (d_model, d_ff), m in shapes_and_tokens:
             decode = m < 512
             shape_rows = bench_shape(m, d_model, d_ff, dtype, impls, with_backward=not decode,
-                                     with_memory=with_memory)
+                                     with_memory=with_memory, rounds=rounds)
             read_ms = weight_read_ms(d_model, d_ff, dtype, bandwidth)
             for row in shape_rows:
                 row["vs_weight_read"] = row["fwd_ms"] / read_ms
@@ -325,7 +328,13 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results", help="folder for csv and png")
     parser.add_argument("--dtypes", default="bfloat16,float16")
     parser.add_argument("--tokens", help="only these token counts, e.g. 512,1,8,32")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help="interleaved rounds per row (more steady on a noisy card; "
+                             f"default {ROUNDS}, at least {HOST_BOUND_ROUNDS} for M <= "
+                             f"{HOST_BOUND_TOKENS})")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
         raise SystemExit("the benchmark needs a CUDA GPU")
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
@@ -338,7 +347,7 @@ def main(argv=None):
     if args.tokens:
         tokens = {int(m) for m in args.tokens.split(",")}
         cases = [(shape, m) for shape, m in cases if m in tokens]
-    run(cases, dtypes, out_dir=args.out)
+    run(cases, dtypes, out_dir=args.out, rounds=args.rounds)
 
 
 if __name__ == "__main__":
