@@ -14,7 +14,7 @@ import torch
 import triton
 
 from fused_swiglu.bench import (captured_median_ms, implementations, interleaved_samples,
-                                linear_layout_operands, median_ms)
+                                median_ms, training_problem)
 
 SHAPES = [(512, 2048, 5632), (512, 4096, 11008), (512, 4096, 14336)]
 # steps timed per host measurement: few enough that their launches fit the GPU's queue
@@ -42,13 +42,7 @@ def main(rounds):
     for dtype in (torch.bfloat16, torch.float16):
         impls = implementations(dtype)
         for m, d_model, d_ff in SHAPES:
-            x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
-            for t in (x, w_gate, w_up):
-                t.requires_grad_(True)
-            dy = torch.randn(m, d_ff, device="cuda", dtype=dtype)
-            steps = {name: (lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up),
-                                                                (x, w_gate, w_up), dy))
-                     for name, fn in impls.items()}
+            steps = training_problem(m, d_model, d_ff, dtype, impls)
             for step in steps.values():
                 step()
             samples = interleaved_samples(median_ms, steps, rounds)

@@ -10,8 +10,7 @@ import sys
 import torch
 import triton
 
-from fused_swiglu.bench import (implementations, interleaved_samples, linear_layout_operands,
-                                median_ms)
+from fused_swiglu.bench import implementations, interleaved_samples, median_ms, training_problem
 
 SHAPES = [(4096, 4096, 14336), (8192, 4096, 11008)]
 ROUNDS = 12
@@ -20,13 +19,8 @@ ROUNDS = 12
 def main(shapes):
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     for m, d_model, d_ff in shapes:
-        x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
-        for t in (x, w_gate, w_up):
-            t.requires_grad_(True)
-        dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
-        steps = {name: (lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up),
-                                                          (x, w_gate, w_up), dy))
-                 for name, fn in implementations(x.dtype).items()}
+        steps = training_problem(m, d_model, d_ff, torch.bfloat16,
+                                 implementations(torch.bfloat16))
         for step in steps.values():
             step()  # compile and autotune before the first round
         samples = interleaved_samples(median_ms, steps, ROUNDS)

@@ -17,8 +17,7 @@ import torch
 import triton
 
 from fused_swiglu import swiglu
-from fused_swiglu.bench import (implementations, interleaved_samples, linear_layout_operands,
-                                median_ms)
+from fused_swiglu.bench import implementations, interleaved_samples, median_ms, training_problem
 
 SHAPES = [(4096, 2048, 5632), (8192, 2048, 5632), (8192, 4096, 11008), (512, 8192, 28672)]
 PROFILED_STEPS = 5
@@ -63,13 +62,7 @@ def main(shapes):
         impls["liger"] = liger
     summary = []
     for m, d_model, d_ff in shapes:
-        x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
-        for t in (x, w_gate, w_up):
-            t.requires_grad_(True)
-        dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
-        steps = {name: (lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up),
-                                                          (x, w_gate, w_up), dy))
-                 for name, fn in impls.items()}
+        steps = training_problem(m, d_model, d_ff, torch.bfloat16, impls)
         for step in steps.values():
             step()
         print(f"\n{m}x{d_model}x{d_ff} bfloat16")

@@ -167,6 +167,23 @@ def linear_layout_operands(m, d_model, d_ff, dtype, device="cuda"):
     return x, w_gate, w_up
 
 
+def training_problem(m, d_model, d_ff, dtype, impls):
+    """{name: one forward+backward of that implementation}, all on the same operands:
+    linear_layout_operands() that require grad and one gradient dy for the output."""
+    x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, dtype)
+    for t in (x, w_gate, w_up):
+        t.requires_grad_(True)
+    dy = torch.randn(m, d_ff, device=x.device, dtype=dtype)
+    return training_steps(impls, x, w_gate, w_up, dy)
+
+
+def training_steps(impls, x, w_gate, w_up, dy):
+    """{name: one forward+backward of that implementation: the gradients of x, w_gate and
+    w_up for dy}."""
+    return {name: (lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up), dy))
+            for name, fn in impls.items()}
+
+
 def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True,
                 rounds=ROUNDS):
     """Rows of results for one shape: the bound first, then every implementation; `rounds`
@@ -189,9 +206,7 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     fwd[BOUND] = None  # frees the packed weight before the forward+backward timings
     fwd_bwd_ms, fwd_bwd_graph_ms = {}, {}
     if with_backward:
-        steps = {name: lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up), (x, w_gate, w_up),
-                                                         dy)
-                 for name, fn in impls.items()}
+        steps = training_steps(impls, x, w_gate, w_up, dy)
         fwd_bwd_ms = interleaved_medians(median_ms, steps, rounds)
         fwd_bwd_ms[BOUND] = 3 * fwd_ms[BOUND]
         if m <= HOST_BOUND_TOKENS:  # the GPU's time too, where the eager one is the host's
