@@ -61,10 +61,16 @@ def parts(m, d_model, d_ff, dtype):
         print(f"  {name:44s} {ms:8.3f} ms")
 
 
-if __name__ == "__main__":
-    dtype = getattr(torch, sys.argv[1] if len(sys.argv) > 1 else "bfloat16")
+def main(probe, default_shapes, argv):
+    """probe(m, d_model, d_ff, dtype) for each shape of argv ([dtype] [M,d_model,d_ff ...]),
+    default_shapes where it names none."""
+    dtype = getattr(torch, argv[0] if argv else "bfloat16")
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    shapes = [tuple(int(v) for v in arg.split(",")) for arg in sys.argv[2:]] or SHAPES
+    shapes = [tuple(int(v) for v in arg.split(",")) for arg in argv[1:]] or default_shapes
     for shape in shapes:
-        parts(*shape, dtype)
+        probe(*shape, dtype)
         torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main(parts, SHAPES, sys.argv[1:])

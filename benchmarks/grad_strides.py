@@ -1,15 +1,15 @@
 """Does the row stride of dg and du change the backward's cuBLAS GEMMs? dx = dg w_gate^T +
 du w_up^T and the weight gradients dg^T x, du^T x, timed with dg and du in allocations of
 their own (row stride d_ff), as halves of one (M, 2 d_ff) buffer (row stride 2 d_ff), and
-with padded rows, interleaved in rotated order. GPU only, from the repository root:
+with padded rows, interleaved (each round in its own order). GPU only, from the repository root:
 
     python benchmarks/grad_strides.py [bfloat16|float16] [M,d_model,d_ff ...]"""
 
 import statistics
 import sys
 
+import backward_parts
 import torch
-import triton
 
 from fused_swiglu.bench import interleaved_samples, linear_layout_operands, median_ms
 
@@ -56,9 +56,4 @@ def probe(m, d_model, d_ff, dtype):
 
 
 if __name__ == "__main__":
-    dtype = getattr(torch, sys.argv[1] if len(sys.argv) > 1 else "bfloat16")
-    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    shapes = [tuple(int(v) for v in arg.split(",")) for arg in sys.argv[2:]] or SHAPES
-    for shape in shapes:
-        probe(*shape, dtype)
-        torch.cuda.empty_cache()
+    backward_parts.main(probe, SHAPES, sys.argv[1:])
