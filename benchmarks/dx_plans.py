@@ -1,5 +1,5 @@
 """dx = dg w_gate^T + du w_up^T by three plans of cuBLAS calls, timed as CUDA-graph replays
-(kernel time, not the host's) in rotated interleaved rounds: mm then addmm_ onto it (the
+(kernel time, not the host's) in interleaved rounds: mm then addmm_ onto it (the
 second GEMM accumulates into dx, beta = 1), mm + mm + add_ (both GEMMs with beta = 0, then a
 tokens x d_model sum), and mm + mm + add (the sum into a new tensor, as autograd sums the
 input gradients of two separate projections). GPU only, from the repository root:

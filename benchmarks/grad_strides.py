@@ -45,7 +45,7 @@ def probe(m, d_model, d_ff, dtype):
         fns[f"dx, {name}"] = lambda dg=dg, du=du: torch.mm(dg, w_gate.t()).addmm_(du, w_up.t())
         fns[f"dW, {name}"] = lambda dg=dg, du=du: (torch.mm(dg.t(), x), torch.mm(du.t(), x))
     samples = interleaved_samples(median_ms, fns, ROUNDS)
-    print(f"\n{dtype} M={m} d_model={d_model} d_ff={d_ff} (median of {ROUNDS} rotated rounds)")
+    print(f"\n{dtype} M={m} d_model={d_model} d_ff={d_ff} (median of {ROUNDS} interleaved rounds)")
     for part in ("dx", "dW"):
         base = statistics.median(samples[f"{part}, own allocations (stride F)"])
         for name in fns:

@@ -112,10 +112,9 @@ def _no_grad(fn):
 
 def interleaved_samples(timer, fns, rounds=ROUNDS):
     """{name: [ms of fn in each round]}, each round timing every fn once, in an order of its
-    own (a seeded shuffle, the same in every run). In one fixed order, on an H100, whichever of
-    several variants of the same GEMMs came first in a round ran 7-13% faster than the rest in
-    every round; and a fixed neighbour may tilt a pair the same way in every round
-    (NOTES.md, v11)."""
+    own (a seeded shuffle, the same in every run). In one fixed order, on an H100, the GEMM
+    timed first in each round came out 7-13% faster than the same GEMMs timed after it
+    (NOTES.md, v11); rotating the order would still keep every fn's neighbour."""
     names = list(fns)
     samples = {name: [] for name in names}
     shuffle = random.Random(0).shuffle
