@@ -135,19 +135,27 @@ def recorded_launches(monkeypatch, name):
 def _path_cases():
     from fused_swiglu import launch
     low, high = launch.DECODE_MAX_TOKENS, launch.CUBLAS_MAX_TOKENS
-    return [(low, torch.bfloat16, True), (low + 1, torch.bfloat16, False),
-            (high, torch.float16, False), (high + 1, torch.bfloat16, True),
-            (low + 1, torch.float32, True)]
+    stacked_available = not ON_GPU or torch.cuda.get_device_capability()[0] >= 9
+    # (tokens, dtype, nn.Linear-layout weights, whether the fused kernel runs)
+    return [(low, torch.bfloat16, False, True), (low + 1, torch.bfloat16, True, False),
+            (high, torch.float16, True, False), (high + 1, torch.bfloat16, True, stacked_available),
+            (high + 1, torch.bfloat16, False, False), (high + 1, torch.float16, False, False),
+            (low + 1, torch.float32, False, True), (high + 1, torch.float32, True, True)]
 
 
-@pytest.mark.parametrize("m,dtype,fused", _path_cases(), ids=str)
-def test_forward_path_by_token_count(m, dtype, fused, monkeypatch):
-    """Decode steps and many tokens take the fused kernel, the sizes between cuBLAS and the
-    elementwise pass; float32 always the fused kernel (full precision whatever TF32 says)."""
+@pytest.mark.parametrize("m,dtype,transposed,fused", _path_cases(), ids=str)
+def test_forward_path_by_token_count(m, dtype, transposed, fused, monkeypatch):
+    """Decode steps take the fused kernel; from there to CUBLAS_MAX_TOKENS cuBLAS and the
+    elementwise pass, and above it too for 16-bit weights that the stacked kernel cannot take
+    (row-major ones); float32 always the fused kernel (full precision whatever TF32 says)."""
+    from fused_swiglu import launch
+    monkeypatch.setattr(launch, "TMA_MIN_WORK", 1)  # the stacked kernel at these small sizes
     fused_launches = recorded_launches(monkeypatch, "_dual_gemm")
-    x, w_gate, w_up = make_inputs((m,), 16, 24, dtype)
+    x, w_gate, w_up = make_inputs((m,), 16, 24, dtype, transposed)
     out = swiglu(x, w_gate, w_up)
     assert bool(fused_launches) == fused
+    path = launch.forward_path(x, w_gate, w_up)
+    assert (path != "cublas") == fused, path
     ref = swiglu_reference(x.double(), w_gate.double(), w_up.double())
     assert relative_error(out, ref) <= TOLERANCE[dtype]
 
@@ -438,7 +446,7 @@ def bad_inputs():
     yield "2-D", ValueError, (x, w_gate[None], w_up[None]), {}
     yield "share one dtype", TypeError, (x, w_gate.half(), w_up), {}
     yield "not supported", TypeError, (x.long(), w_gate.long(), w_up.long()), {}
-    yield "not supported", TypeError, (x.double(), w_gate.double(), w_up.double()), {}
+    yield "not supported", TypeError, (x.int(), w_gate.int(), w_up.int()), {}
     yield "fast_accum", TypeError, (x, w_gate, w_up), {"fast_accum": True}
     yield "fast_accum", TypeError, (x.bfloat16(), w_gate.bfloat16(), w_up.bfloat16()), \
         {"fast_accum": True}
@@ -495,7 +503,7 @@ def test_second_backward_needs_recompute(forward_path):
     out = swiglu(x, w_gate, w_up)
     out.sum().backward(retain_graph=True)
     # the first backward turned the saved g and u into dg and du in place
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    with pytest.raises(RuntimeError, match="recompute=True"):
         out.sum().backward()
     first = x.grad.clone()
     x.grad = None

@@ -2,7 +2,17 @@
 
 import torch
 
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# float64 runs plain PyTorch on every device (the kernels stop at float32)
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def check_flags(caller: str, **flags) -> None:
+    """Options such as fast_accum and recompute are bools: a string like "no" is truthy, and
+    would silently turn the option on."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{caller}: {name} must be True or False, got {value!r} "
+                            f"({type(value).__name__})")
 
 
 def check_swiglu_inputs(x, w_gate, w_up, fast_accum: bool) -> None:

@@ -1,11 +1,14 @@
 """The public functions."""
 
+import math
+
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 
 from . import ops
-from .checks import check_down_projection, check_swiglu_inputs
-from .reference import swiglu_reference
+from .checks import check_down_projection, check_flags, check_swiglu_inputs
+from .reference import swiglu_values
 from .tuning import interpreting
 
 # Device types with an autocast mode (others, such as "meta", make torch.is_autocast_enabled
@@ -29,24 +32,33 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
         recompute: the backward recomputes both projections instead of keeping
             ``x @ w_gate`` and ``x @ w_up``: autograd holds nothing of size tokens x d_ff.
 
-    Dtypes: bfloat16, float16 or float32, the same for all three. float32 runs in full float32
-    precision (no TF32). Under ``torch.autocast`` for x's device the inputs are cast to the
-    autocast dtype first. CUDA tensors run the Triton kernels (from 33 to 512 tokens in 16-bit
-    dtypes, two cuBLAS GEMMs and a Triton elementwise pass, which are faster there); CPU
-    tensors run them under the Triton interpreter when ``TRITON_INTERPRET=1`` and plain
-    PyTorch otherwise.
+    Dtypes: bfloat16, float16, float32 or float64, the same for all three. float32 runs in full
+    float32 precision (no TF32); float64 runs plain PyTorch (:func:`swiglu_reference`) on any
+    device. Under ``torch.autocast`` for x's device the inputs are cast to the autocast dtype
+    first. CUDA tensors run the Triton kernels; in 16-bit dtypes above 32 tokens, where the
+    weights' layout keeps them from the fused Hopper kernel (or up to 512 tokens, where cuBLAS
+    tiles the work better), two cuBLAS GEMMs and a Triton elementwise pass. CPU tensors run the
+    kernels under Triton's interpreter when ``TRITON_INTERPRET=1`` was set when fused_swiglu
+    was imported, plain PyTorch otherwise. Meta and fake tensors, and the tensors of
+    ``torch.func`` transforms (``vmap``, ``grad``), take plain PyTorch too.
+
+    Autograd: gradients of gradients (``create_graph=True``) are exact: the backward then runs
+    as differentiable PyTorch operations. A second backward through one graph
+    (``retain_graph=True``) needs ``recompute=True``, since the default backward overwrites
+    what it saved; without it the second backward raises a RuntimeError that says so.
 
     Returns:
         ``(..., d_ff)`` in x's dtype.
     """
+    check_flags("swiglu", fast_accum=fast_accum, recompute=recompute)
     x, w_gate, w_up = _autocast(x, w_gate, w_up)
     check_swiglu_inputs(x, w_gate, w_up, fast_accum)
-    if not (x.is_cuda or interpreting()):
-        return swiglu_reference(x, w_gate, w_up)
-    d_model, d_ff = w_gate.shape
+    if _takes_pytorch_path(x, w_gate, w_up):
+        return swiglu_values(x, w_gate, w_up)
+    d_ff = w_gate.shape[1]
     needs_grad = _needs_grad(x, w_gate, w_up)
-    y = ops.swiglu_2d(x.reshape(-1, d_model), w_gate, w_up, fast_accum,
-                      needs_grad and not recompute, needs_grad)
+    y = ops.swiglu_2d(_as_2d(x), w_gate, w_up, fast_accum, needs_grad and not recompute,
+                      needs_grad)
     return y.reshape(*x.shape[:-1], d_ff)
 
 
@@ -72,15 +84,37 @@ def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, *,
     Returns:
         ``(..., d_model)`` in x's dtype.
     """
+    check_flags("swiglu_mlp", fast_accum=fast_accum, recompute=recompute)
     x, w_gate, w_up, w_down = _autocast(x, w_gate, w_up, w_down)
     check_swiglu_inputs(x, w_gate, w_up, fast_accum)
     check_down_projection(w_down, w_gate)
-    if not (x.is_cuda or interpreting()):
-        return swiglu_reference(x, w_gate, w_up) @ w_down
+    if _takes_pytorch_path(x, w_gate, w_up, w_down):
+        return swiglu_values(x, w_gate, w_up) @ w_down
     d_model = w_gate.shape[0]
-    out = ops.swiglu_mlp_2d(x.reshape(-1, d_model), w_gate, w_up, w_down, fast_accum,
-                            recompute, _needs_grad(x, w_gate, w_up, w_down))
+    out = ops.swiglu_mlp_2d(_as_2d(x), w_gate, w_up, w_down, fast_accum, recompute,
+                            _needs_grad(x, w_gate, w_up, w_down))
     return out.reshape(*x.shape[:-1], d_model)
+
+
+def _takes_pytorch_path(x: Tensor, *weights: Tensor) -> bool:
+    """Whether plain PyTorch computes the call instead of the kernels: float64 (the kernels
+    stop at float32); tensors on a device the kernels do not run on (the CPU without the
+    interpreter, meta tensors); and, outside torch.compile (whose tracing takes the custom ops
+    and their fake implementations), fake tensors, which carry no data to launch on, and the
+    tensors of torch.func transforms (vmap, grad), which PyTorch's own operations support."""
+    if x.dtype == torch.float64:
+        return True
+    if not (x.is_cuda or (interpreting() and x.device.type == "cpu")):
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return any(isinstance(t, FakeTensor) or torch._C._functorch.is_functorch_wrapped_tensor(t)
+               for t in (x, *weights))
+
+
+def _as_2d(x: Tensor) -> Tensor:
+    # the token count spelled out: reshape(-1, 0) cannot infer it when d_model is 0
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
 def _autocast(*tensors):

@@ -162,25 +162,37 @@ def _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config):
                   False, config, set_stacked_descriptor_blocks)
 
 
-def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None):
+def _gemm_plan(a, b_gate, b_up, dy=None):
+    """(storages, stacked) for the GEMM a @ [b_gate | b_up]: `storages` holds
+    _storage_for_tma() of each operand, [None] where tensor descriptors are not used;
+    `stacked` is _stacked_weights() where the stacked kernel can run the GEMM (with dy, the
+    incoming gradient of a backward epilogue, as its descriptor needs it), None otherwise."""
+    N = b_gate.shape[1]
+    if not _use_tma(a, N):
+        return [None], None
+    storages = [_storage_for_tma(t) for t in (a, b_gate, b_up)]
+    stacked = None
+    if (storages[0] and not storages[0][1] and N * a.element_size() % _TMA_ALIGNMENT == 0
+            and (dy is None or _row_major_for_tma(dy))):
+        stacked = _stacked_weights(storages[1], storages[2])
+    return storages, stacked
+
+
+def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None, plan=None):
     """The SwiGLU epilogue of a @ b_gate and a @ b_up, by tiles, on 2-D operands of any strides.
 
     Forward (SWIGLU_FORWARD): y = silu(g) * u, and g and u into `pair`, two (M, N) tensors of
     the same strides, unless it is None. Backward (SWIGLU_BACKWARD): dg and du into `pair` from
     dy; SWIGLU_BACKWARD_AND_PRODUCT also y = silu(g) * u into `y`, of the pair's strides. With
-    the autotuner's choice of configuration, or `config` (for benchmarks of configurations)."""
+    the autotuner's choice of configuration, or `config` (for benchmarks of configurations);
+    `plan` is _gemm_plan()'s answer where the caller has it."""
     M, K = a.shape
     N = b_gate.shape[1]
     store_preact = epilogue == SWIGLU_FORWARD and pair is not None
-    # (storage, transposed) of each operand for tensor descriptors; None where they are not
-    # used or cannot describe it
-    storages = [_storage_for_tma(t) for t in (a, b_gate, b_up)] if _use_tma(a, N) else [None]
-    if (storages[0] and not storages[0][1] and N * a.element_size() % _TMA_ALIGNMENT == 0
-            and (dy is None or _row_major_for_tma(dy))):
-        weights = _stacked_weights(storages[1], storages[2])
-        if weights is not None:
-            _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config)
-            return
+    storages, stacked = plan if plan is not None else _gemm_plan(a, b_gate, b_up, dy)
+    if stacked is not None:
+        _stacked_gemm(a, N, stacked, y, pair, dy, epilogue, store_preact, config)
+        return
     if epilogue == SWIGLU_FORWARD:
         out_a = y
         out_b, out_c = pair if store_preact else (y, y)
@@ -235,15 +247,39 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
 # (0.78-1.08x); from 1024 tokens the fused kernel is as fast or faster. Fewer tokens are a
 # decode step, where the fused kernel's narrow tiles read the weights once at close to the
 # copy bandwidth.
+# Above CUBLAS_MAX_TOKENS, only the stacked kernel (nn.Linear-layout weights on Hopper) is
+# faster than cuBLAS: the two-MMA kernel that takes every other layout (row-major (d_model,
+# d_ff) weights, the original API's) ran the forward at 1.03-1.19x the cuBLAS packed GEMM on
+# an H200 (NOTES.md, v5), behind two cuBLAS GEMMs and the pass, so those layouts take cuBLAS
+# at every size above a decode step (NOTES.md, v12).
 DECODE_MAX_TOKENS = 32
 CUBLAS_MAX_TOKENS = 512
 
+CUBLAS, STACKED, DUAL = "cublas", "stacked", "dual"
 
-def _uses_cublas(x: torch.Tensor) -> bool:
-    """16-bit operands only: float32 ones stay in the Triton kernels' full float32 precision,
-    which cuBLAS gives only when TF32 is off."""
-    return (DECODE_MAX_TOKENS < x.shape[0] <= CUBLAS_MAX_TOKENS
-            and x.dtype in (torch.float16, torch.bfloat16))
+
+def _forward_plan(x, w_gate, w_up, dy=None):
+    """(path, plan): CUBLAS (plan None) for two cuBLAS GEMMs and the elementwise pass, or
+    STACKED or DUAL for the fused kernels, with _gemm_plan()'s answer. float32 operands always
+    take the Triton kernels' full float32 precision, which cuBLAS gives only when TF32 is
+    off."""
+    M = x.shape[0]
+    sixteen_bit = x.dtype in (torch.float16, torch.bfloat16)
+    if sixteen_bit and DECODE_MAX_TOKENS < M <= CUBLAS_MAX_TOKENS:
+        return CUBLAS, None  # decided before the plan, whose host time these sizes feel
+    plan = _gemm_plan(x, w_gate, w_up, dy)
+    if plan[1] is not None:
+        return STACKED, plan
+    if sixteen_bit and M > DECODE_MAX_TOKENS:
+        return CUBLAS, None
+    return DUAL, plan
+
+
+def forward_path(x, w_gate, w_up) -> str:
+    """The forward's path for 2-D x and these weights, as the benchmark reports it: "stacked"
+    (the fused kernel with both weights in one tensor descriptor), "dual" (the fused two-MMA
+    kernel) or "cublas" (two cuBLAS GEMMs and the elementwise pass)."""
+    return _forward_plan(x, w_gate, w_up)[0]
 
 
 def _cublas_preact(x, w_gate, w_up):
@@ -257,12 +293,13 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     without the other); None for them otherwise."""
     M, N = x.shape[0], w_gate.shape[1]
     y = new_output((M, N), x)
-    if _uses_cublas(x):
+    path, plan = _forward_plan(x, w_gate, w_up)
+    if path == CUBLAS:
         gate, up = _cublas_preact(x, w_gate, w_up)
         _glu_pointwise(None, gate, up, None, None, product=y)
         return (y, gate, up) if store_preact else (y, None, None)
     pair = (new_output((M, N), x), new_output((M, N), x)) if store_preact else None
-    _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum)
+    _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum, plan=plan)
     return (y, *pair) if store_preact else (y, None, None)
 
 
@@ -312,7 +349,8 @@ def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool, with_product=F
     epilogue (or on the forward's cuBLAS path, as it does); with_product: (dg, du, y),
     y = silu(g) * u recomputed too."""
     M, N = dy.shape
-    if _uses_cublas(x):
+    path, plan = _forward_plan(x, w_gate, w_up, dy)
+    if path == CUBLAS:
         # the forward's path: g and u again by cuBLAS, then dg and du over them in place
         gate, up = _cublas_preact(x, w_gate, w_up)
         y = new_output((M, N), x) if with_product else None
@@ -320,8 +358,9 @@ def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool, with_product=F
         return (gate, up, y) if with_product else (gate, up)
     pair = (new_output((M, N), x), new_output((M, N), x))
     if not with_product:
-        _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum)
+        _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum, plan=plan)
         return pair
     y = new_output((M, N), x)
-    _dual_gemm(x, w_gate, w_up, y, pair, dy, SWIGLU_BACKWARD_AND_PRODUCT, fast_accum)
+    _dual_gemm(x, w_gate, w_up, y, pair, dy, SWIGLU_BACKWARD_AND_PRODUCT, fast_accum,
+               plan=plan)
     return (*pair, y)

@@ -7,7 +7,7 @@ gradient's GEMM, so that it peaks no higher than a graph of separate projections
 import torch
 from torch import Tensor
 
-from . import launch
+from . import composite_backward, launch
 from .tuning import interpreting
 
 
@@ -123,10 +123,15 @@ def _input_grad(d_gate: Tensor, d_up: Tensor, w_gate: Tensor, w_up: Tensor) -> T
     return dx.addmm_(d_up, w_up.t())
 
 
-def _weight_grad(d_out: Tensor, x: Tensor) -> Tensor:
-    """The gradient of w in x @ w: computed as an nn.Linear-layout (d_ff, d_model) matrix and
-    returned as its transposed view, the layout of nn.Linear weights used as w."""
-    return torch.mm(d_out.t(), x).t()
+def _weight_grad(d_out: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """The gradient of w in x @ w, in w's own layout: autograd copies a gradient whose strides
+    differ from its parameter's into a new one (time, and a weight-sized buffer more at the
+    peak). The transposed view of an nn.Linear weight gets the transposed view of a row-major
+    (d_ff, d_model) matrix; row-major (d_model, d_ff) weights, and any other layout, a
+    row-major (d_model, d_ff) one."""
+    if w.stride(0) == 1 and w.stride(1) != 1:
+        return torch.mm(d_out.t(), x).t()
+    return torch.mm(x.t(), d_out)
 
 
 def _projection_grads(grads: list, x: Tensor, w_gate: Tensor, w_up: Tensor, needs_input_grad,
@@ -139,11 +144,11 @@ def _projection_grads(grads: list, x: Tensor, w_gate: Tensor, w_up: Tensor, need
     d_gate = grads.pop(0)
     d_up = grads[0]
     dx = _input_grad(d_gate, d_up, w_gate, w_up) if need_dx else None
-    dw_gate = _weight_grad(d_gate, x) if need_dw_gate else None
+    dw_gate = _weight_grad(d_gate, x, w_gate) if need_dw_gate else None
     if saved_gate_grad:
         _release_memory(d_gate)
     del d_gate
-    dw_up = _weight_grad(d_up, x) if need_dw_up else None
+    dw_up = _weight_grad(d_up, x, w_up) if need_dw_up else None
     return dx, dw_gate, dw_up
 
 
@@ -171,6 +176,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _unused_gate_grad, _unused_up_grad):
     x, w_gate, w_up, gate, up = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a backward autograd differentiates again
+        return *composite_backward.swiglu_backward(dy, x, w_gate, w_up, ctx.needs_input_grad), \
+            None, None
     if ctx.recompute:
         grads = list(gate_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum, False)[:2])
     else:
@@ -186,9 +194,24 @@ def _gate_grads_in_place(dy: Tensor, gate: Tensor, up: Tensor, product=None) -> 
     """Overwrite the saved g and u with dg and du, for the autograd.Functions below (and write
     y = silu(g) * u into `product` unless it is None)."""
     launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up), product=product)
-    # the kernel wrote g and u behind autograd's back: say so, so that a second backward
-    # (retain_graph=True) raises instead of reading dg and du as g and u
+    # the kernel wrote g and u behind autograd's back: say so, so that nothing else that saved
+    # them reads dg and du as g and u
     torch.autograd.graph.increment_version((gate, up))
+
+
+SECOND_BACKWARD_MESSAGE = (
+    "fused_swiglu: this graph was already differentiated once, and its backward overwrote the "
+    "saved projections g and u with their gradients (that saves two tokens x d_ff buffers). "
+    "For a second backward through the same graph (retain_graph=True), call with "
+    "recompute=True, which keeps nothing to overwrite; for gradients of gradients use "
+    "create_graph=True.")
+
+
+def _saved_for_eager_backward(ctx):
+    """ctx.saved_tensors, or a clear error where an earlier backward overwrote them."""
+    if getattr(ctx, "overwritten", False):
+        raise RuntimeError(SECOND_BACKWARD_MESSAGE)
+    return ctx.saved_tensors
 
 
 class _EagerSwiGLU(torch.autograd.Function):
@@ -207,11 +230,15 @@ class _EagerSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, w_gate, w_up, gate, up = ctx.saved_tensors
+        x, w_gate, w_up, gate, up = _saved_for_eager_backward(ctx)
+        if torch.is_grad_enabled():  # create_graph=True
+            return (*composite_backward.swiglu_backward(dy, x, w_gate, w_up,
+                                                        ctx.needs_input_grad), None, None)
         if ctx.recompute:
             grads = list(launch.swiglu_grads_recompute(dy, x, w_gate, w_up, ctx.fast_accum))
         else:
             _gate_grads_in_place(dy, gate, up)
+            ctx.overwritten = True
             grads = [gate, up]
         del gate, up
         return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad,
@@ -238,7 +265,7 @@ def _down_projection_grads_in_place(d_out: Tensor, w_down: Tensor, gate: Tensor,
     hidden = launch.new_output(gate.shape, gate) if need_dw_down else None
     _gate_grads_in_place(d_hidden, gate, up, product=hidden)
     del d_hidden
-    return _weight_grad(d_out, hidden) if need_dw_down else None
+    return _weight_grad(d_out, hidden, w_down) if need_dw_down else None
 
 
 class _EagerSwiGLUMLP(torch.autograd.Function):
@@ -259,16 +286,20 @@ class _EagerSwiGLUMLP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out):
-        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+        x, w_gate, w_up, w_down, gate, up = _saved_for_eager_backward(ctx)
+        if torch.is_grad_enabled():  # create_graph=True
+            return (*composite_backward.swiglu_mlp_backward(d_out, x, w_gate, w_up, w_down,
+                                                            ctx.needs_input_grad), None, None)
         need_dw_down = ctx.needs_input_grad[3]
         if ctx.recompute:
             d_hidden = torch.mm(d_out, w_down.t())
             grads = list(launch.swiglu_grads_recompute(
                 d_hidden, x, w_gate, w_up, ctx.fast_accum, with_product=need_dw_down))
             del d_hidden
-            dw_down = _weight_grad(d_out, grads.pop()) if need_dw_down else None
+            dw_down = _weight_grad(d_out, grads.pop(), w_down) if need_dw_down else None
         else:
             dw_down = _down_projection_grads_in_place(d_out, w_down, gate, up, need_dw_down)
+            ctx.overwritten = True
             grads = [gate, up]
         del gate, up
         return (*_projection_grads(grads, x, w_gate, w_up, ctx.needs_input_grad,
@@ -315,6 +346,9 @@ def _mlp_setup_context(ctx, inputs, output):
 
 def _mlp_backward(ctx, d_out, _unused_gate_grad, _unused_up_grad):
     x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        return (*composite_backward.swiglu_mlp_backward(d_out, x, w_gate, w_up, w_down,
+                                                        ctx.needs_input_grad), None, None)
     need_dw_down = ctx.needs_input_grad[3]
     d_hidden = torch.mm(d_out, w_down.t())
     dw_down = None
@@ -322,13 +356,13 @@ def _mlp_backward(ctx, d_out, _unused_gate_grad, _unused_up_grad):
         *grads, hidden = gate_grads_recompute(d_hidden, x, w_gate, w_up, ctx.fast_accum,
                                               need_dw_down)
         if need_dw_down:
-            dw_down = _weight_grad(d_out, hidden)
+            dw_down = _weight_grad(d_out, hidden, w_down)
     else:
         if need_dw_down:
             # y again from the saved g and u, rounded as the forward's y (a compiler fuses
             # this into one pass), and dead before dg and du are allocated
             hidden = (torch.nn.functional.silu(gate.float()) * up.float()).to(gate.dtype)
-            dw_down = _weight_grad(d_out, hidden)
+            dw_down = _weight_grad(d_out, hidden, w_down)
             del hidden
         grads = [gate_grad(d_hidden, gate, up), up_grad(d_hidden, gate)]
     del d_hidden, gate, up

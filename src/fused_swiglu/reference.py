@@ -2,6 +2,8 @@
 
 import torch
 
+from .checks import check_swiglu_inputs
+
 # The accuracy contract, checked by the tests and by `python -m fused_swiglu`: bounds on
 # ||ours - ref|| / ||ref|| against a float64 reference, for the output and for each gradient.
 # bfloat16 keeps 8 significant bits (unit roundoff 2**-9 = 2.0e-3) and float16 11
@@ -21,12 +23,20 @@ def swiglu_reference(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) 
         w_gate: ``(d_model, d_ff)``, any strides (``nn.Linear(d_model, d_ff).weight.T`` works).
         w_up: ``(d_model, d_ff)``, like ``w_gate``.
 
-    All three share one floating dtype. The products and the activation are computed in
-    float32 (float64 stays float64) and the result is rounded once to x's dtype.
+    All three share one dtype of bfloat16, float16, float32 or float64, and one device. The
+    products and the activation are computed in float32 (float64 stays float64) and the result
+    is rounded once to x's dtype. Inputs are checked as :func:`fused_swiglu.swiglu` checks
+    them: TypeError for other dtypes or mixed ones, ValueError for shapes that do not fit.
 
     Returns:
         ``(..., d_ff)`` in x's dtype, where ``silu(z) = z * sigmoid(z)``.
     """
+    check_swiglu_inputs(x, w_gate, w_up, fast_accum=False)
+    return swiglu_values(x, w_gate, w_up)
+
+
+def swiglu_values(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+    """swiglu_reference's computation, on inputs already checked."""
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     gate = x.to(compute) @ w_gate.to(compute)
     up = x.to(compute) @ w_up.to(compute)

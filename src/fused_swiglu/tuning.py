@@ -3,11 +3,11 @@ and the choice of one configuration per problem, remembered so that later calls 
 autotuner's per-call work."""
 
 import functools
-import os
 
 import triton
 import triton.testing
 
+from .kernels.common import RUNS_ON_INTERPRETER
 from .kernels.dual_gemm import dual_gemm_kernel
 from .kernels.stacked_gemm import stacked_gemm_kernel
 
@@ -16,7 +16,8 @@ SHARED_MEMORY_LIMIT = 200 * 1024
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the kernels run under Triton's interpreter: decided once, at import."""
+    return RUNS_ON_INTERPRETER
 
 
 def token_bucket(m: int) -> int:

@@ -1,20 +1,25 @@
 """Math and tile helpers shared by every kernel."""
 
-import os
-
 import triton
 import triton.language as tl
-
-# Two gaps of the interpreter with bfloat16, worked around under the interpreter only: its
-# tl.dot multiplies the raw bits of bfloat16 operands (they are upcast first), and it converts
-# float32 to bfloat16 by truncation where a GPU rounds to nearest (which would double every
-# bfloat16 rounding error the CPU tests see).
-INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+from triton.runtime.interpreter import InterpretedFunction
 
 
 @triton.jit
 def silu(x):
     return x * tl.sigmoid(x)
+
+
+# Triton decides when it decorates a kernel, that is when this package is imported, whether
+# @triton.jit code runs under its interpreter (TRITON_INTERPRET=1 then). Every layer reads that
+# decision from here, so that it cannot disagree with the kernels it launches.
+RUNS_ON_INTERPRETER = isinstance(silu, InterpretedFunction)
+
+# Two gaps of the interpreter with bfloat16, worked around under the interpreter only: its
+# tl.dot multiplies the raw bits of bfloat16 operands (they are upcast first), and it converts
+# float32 to bfloat16 by truncation where a GPU rounds to nearest (which would double every
+# bfloat16 rounding error the CPU tests see).
+INTERPRETING = tl.constexpr(RUNS_ON_INTERPRETER)
 
 
 @triton.jit
