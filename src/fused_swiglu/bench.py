@@ -222,12 +222,14 @@ def layout_operands(layout, m, d_model, d_ff, dtype, device="cuda", requires_gra
     scaled so that x @ w stays near unit size, and the leaves requiring grad if asked."""
     x = torch.randn(m, d_model, device=device, dtype=dtype).requires_grad_(requires_grad)
 
-    def weight(*shape):
+    def weight(*shape, grad=requires_grad):
         return (torch.randn(*shape, device=device, dtype=dtype) * d_model ** -0.5
-                ).requires_grad_(requires_grad)
+                ).requires_grad_(grad)
     packed = None
     if layout == "linear":
-        w_gate, w_up = weight(d_ff, d_model).T, weight(d_ff, d_model).T
+        # transposed views of tensors without grad: leaves of their own
+        w_gate, w_up = (weight(d_ff, d_model, grad=False).T.requires_grad_(requires_grad)
+                        for _ in range(2))
     elif layout == "row_major":
         w_gate, w_up = weight(d_model, d_ff), weight(d_model, d_ff)
     elif layout == "packed_linear":
@@ -238,10 +240,6 @@ def layout_operands(layout, m, d_model, d_ff, dtype, device="cuda", requires_gra
         w_gate, w_up = packed[:, :d_ff], packed[:, d_ff:]
     else:
         raise ValueError(f"unknown weight layout {layout!r}; the layouts are {', '.join(LAYOUTS)}")
-    if layout == "linear":
-        # transposed views of tensors without grad: leaves of their own
-        w_gate.requires_grad_(requires_grad)
-        w_up.requires_grad_(requires_grad)
     return Operands(layout, x, w_gate, w_up, packed)
 
 
@@ -275,14 +273,14 @@ def forward_path(x, w_gate, w_up) -> str:
 
 
 def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True,
-                rounds=ROUNDS, layout="linear"):
+                rounds=ROUNDS, layout="linear", device="cuda"):
     """Rows of results for one shape and weight layout: the bound first, then every
     implementation; `rounds` interleaved rounds (at least HOST_BOUND_ROUNDS for the
     host-bound sizes). Without grad the recompute variant is the default's call, so its
     forward is not timed again (fwd_ms NaN), and without a backward it has no row."""
     if not with_backward:
         impls = {name: fn for name, fn in impls.items() if name != RECOMPUTE}
-    ops = layout_operands(layout, m, d_model, d_ff, dtype, requires_grad=with_backward)
+    ops = layout_operands(layout, m, d_model, d_ff, dtype, device, requires_grad=with_backward)
     x, w_gate, w_up = ops.x, ops.w_gate, ops.w_up
     dy = torch.randn(m, d_ff, device=x.device, dtype=dtype)
     names = [BOUND, *impls]
@@ -315,7 +313,7 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     for name in names:
         saved, peak = memory.get(name, (math.nan, math.nan))
         row = dict(impl=name, layout=layout, path=path if name.startswith(OURS) else "",
-                   m=m, d_model=d_model, d_ff=d_ff, dtype=str(dtype).replace("torch.", ""),
+                   m=m, d_model=d_model, d_ff=d_ff, dtype=dtype_name(dtype),
                    fwd_ms=fwd_ms.get(name, math.nan), fwd_bwd_ms=fwd_bwd_ms.get(name, math.nan),
                    fwd_bwd_graph_ms=fwd_bwd_graph_ms.get(name, math.nan),
                    saved_mb=saved / 2**20, peak_mb=peak / 2**20)
