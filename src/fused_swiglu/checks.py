@@ -15,6 +15,23 @@ def check_flags(caller: str, **flags) -> None:
                             f"({type(value).__name__})")
 
 
+# the gate's activation: name -> the PyTorch function that the kernels compute
+ACTIVATIONS = {
+    "silu": torch.nn.functional.silu,
+    "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
+    "gelu": torch.nn.functional.gelu,
+}
+
+
+def check_activation(caller: str, activation) -> None:
+    if not isinstance(activation, str):
+        raise TypeError(f"{caller}: activation must be a str, one of {', '.join(ACTIVATIONS)}; "
+                        f"got {activation!r} ({type(activation).__name__})")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{caller}: unknown activation {activation!r}; the activations are "
+                         f"{', '.join(ACTIVATIONS)}")
+
+
 def check_swiglu_inputs(x, w_gate, w_up, fast_accum: bool) -> None:
     for name, t in (("x", x), ("w_gate", w_gate), ("w_up", w_up)):
         if not isinstance(t, torch.Tensor):
