@@ -462,22 +462,25 @@ def test_bad_input_raises_clear_error(case):
         swiglu(*args, **kwargs)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh", "gelu"])
+def test_opcheck(activation):
     ops = fused_swiglu.ops
     x, w_gate, w_up = make_inputs((37,), 48, 80, torch.float32)
     x.requires_grad_()
     for store_preact in (False, True):
-        torch.library.opcheck(ops.swiglu_forward, (x, w_gate, w_up, False, store_preact))
+        torch.library.opcheck(ops.swiglu_forward,
+                              (x, w_gate, w_up, False, store_preact, activation))
     dy = torch.randn(37, 80, device=DEVICE)
-    _, gate, up = ops.swiglu_forward(x.detach(), w_gate, w_up, False, True)
-    torch.library.opcheck(ops.gate_grad, (dy, gate, up))
-    torch.library.opcheck(ops.up_grad, (dy, gate))
+    _, gate, up = ops.swiglu_forward(x.detach(), w_gate, w_up, False, True, activation)
+    torch.library.opcheck(ops.gate_grad, (dy, gate, up, activation))
+    torch.library.opcheck(ops.up_grad, (dy, gate, activation))
     for with_product in (False, True):
         torch.library.opcheck(ops.gate_grads_recompute,
-                              (dy, x.detach(), w_gate, w_up, False, with_product))
+                              (dy, x.detach(), w_gate, w_up, False, with_product, activation))
     w_down = torch.randn(80, 48, device=DEVICE, requires_grad=True)
     for recompute in (False, True):
-        torch.library.opcheck(ops.swiglu_mlp_forward, (x, w_gate, w_up, w_down, False, recompute))
+        torch.library.opcheck(ops.swiglu_mlp_forward,
+                              (x, w_gate, w_up, w_down, False, recompute, activation))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -2,6 +2,8 @@
 
 import torch
 
+from .activations import ACTIVATIONS
+
 # float64 runs plain PyTorch on every device (the kernels stop at float32)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
@@ -13,14 +15,6 @@ def check_flags(caller: str, **flags) -> None:
         if not isinstance(value, bool):
             raise TypeError(f"{caller}: {name} must be True or False, got {value!r} "
                             f"({type(value).__name__})")
-
-
-# the gate's activation: name -> the PyTorch function that the kernels compute
-ACTIVATIONS = {
-    "silu": torch.nn.functional.silu,
-    "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
-    "gelu": torch.nn.functional.gelu,
-}
 
 
 def check_activation(caller: str, activation) -> None:

@@ -9,18 +9,19 @@ elementwise passes more than the fused backward."""
 import torch
 from torch import Tensor
 
+from .activations import ACTIVATIONS, derivative
+
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     # 16-bit inputs are computed in float32 and rounded once, as the kernels do
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _preact_and_gate_grads(d_hidden, x, w_gate, w_up):
-    """(g, u, dg, du) in the compute dtype, from the incoming gradient of y = silu(g) * u."""
+def _preact_and_gate_grads(d_hidden, x, w_gate, w_up, activation):
+    """(g, u, dg, du) in the compute dtype, from the incoming gradient of y = act(g) * u."""
     gate, up = x @ w_gate, x @ w_up
-    sig = torch.sigmoid(gate)
-    d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))
-    d_up = d_hidden * gate * sig
+    d_gate = d_hidden * up * derivative(activation, gate)
+    d_up = d_hidden * ACTIVATIONS[activation](gate)
     return gate, up, d_gate, d_up
 
 
@@ -35,24 +36,25 @@ def _cast_like(grads, inputs):
     return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, inputs))
 
 
-def swiglu_backward(dy: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor, needs_input_grad):
-    """(dx, dw_gate, dw_up) of y = silu(x @ w_gate) * (x @ w_up) for 2-D x, None where
+def swiglu_backward(dy: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor, activation: str,
+                    needs_input_grad):
+    """(dx, dw_gate, dw_up) of y = act(x @ w_gate) * (x @ w_up) for 2-D x, None where
     needs_input_grad says no."""
     compute = _compute_dtype(x)
     xc, gc, uc, dyc = (t.to(compute) for t in (x, w_gate, w_up, dy))
-    _, _, d_gate, d_up = _preact_and_gate_grads(dyc, xc, gc, uc)
+    _, _, d_gate, d_up = _preact_and_gate_grads(dyc, xc, gc, uc, activation)
     grads = _projection_grads(d_gate, d_up, xc, gc, uc, needs_input_grad)
     return _cast_like(grads, (x, w_gate, w_up))
 
 
 def swiglu_mlp_backward(d_out: Tensor, x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
-                        needs_input_grad):
-    """(dx, dw_gate, dw_up, dw_down) of (silu(x @ w_gate) * (x @ w_up)) @ w_down for 2-D x."""
+                        activation: str, needs_input_grad):
+    """(dx, dw_gate, dw_up, dw_down) of (act(x @ w_gate) * (x @ w_up)) @ w_down for 2-D x."""
     compute = _compute_dtype(x)
     xc, gc, uc, dc, d_outc = (t.to(compute) for t in (x, w_gate, w_up, w_down, d_out))
     d_hidden = d_outc @ dc.t()
-    gate, up, d_gate, d_up = _preact_and_gate_grads(d_hidden, xc, gc, uc)
+    gate, up, d_gate, d_up = _preact_and_gate_grads(d_hidden, xc, gc, uc, activation)
     grads = _projection_grads(d_gate, d_up, xc, gc, uc, needs_input_grad)
-    hidden = torch.nn.functional.silu(gate) * up
+    hidden = ACTIVATIONS[activation](gate) * up
     dw_down = hidden.t() @ d_outc if needs_input_grad[3] else None
     return _cast_like((*grads, dw_down), (x, w_gate, w_up, w_down))

@@ -7,7 +7,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensor
 
 from . import ops
-from .checks import check_down_projection, check_flags, check_swiglu_inputs
+from .checks import check_activation, check_down_projection, check_flags, check_swiglu_inputs
 from .reference import swiglu_values
 from .tuning import interpreting
 
@@ -16,15 +16,19 @@ from .tuning import interpreting
 AUTOCAST_DEVICES = ("cuda", "cpu")
 
 
-def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
-           recompute: bool = False) -> Tensor:
-    """Fused SwiGLU: ``silu(x @ w_gate) * (x @ w_up)``, differentiable in all three inputs.
+def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, activation: str = "silu",
+           fast_accum: bool = False, recompute: bool = False) -> Tensor:
+    """Fused SwiGLU: ``silu(x @ w_gate) * (x @ w_up)``, differentiable in all three inputs
+    (GeGLU with ``activation="gelu_tanh"`` or ``"gelu"``).
 
     Args:
         x: ``(..., d_model)``; any number of leading dimensions, zero tokens included.
         w_gate, w_up: ``(d_model, d_ff)`` with any strides. ``linear.weight.T`` of two
             ``nn.Linear`` layers (separate or sharing one buffer) is the fastest layout on
-            Hopper: one tensor descriptor then spans both weights (README, "Kernel paths").
+            Hopper: one tensor descriptor then spans both weights (docs/design.md).
+        activation: the gate's: ``"silu"`` (SwiGLU), ``"gelu_tanh"`` (GeGLU with the tanh
+            approximation, Gemma's ``gelu_pytorch_tanh``) or ``"gelu"`` (exact GeGLU);
+            :func:`swiglu_reference` gives each formula. Another name is a ValueError.
         fast_accum: float16 only: allow the projections to accumulate in float16. The
             autotuner uses float16 accumulators for a shape where they run faster on this GPU
             and float32 ones otherwise; precision is at worst float16 accumulation. Gradients
@@ -51,19 +55,21 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, fast_accum: bool = False,
         ``(..., d_ff)`` in x's dtype.
     """
     check_flags("swiglu", fast_accum=fast_accum, recompute=recompute)
+    check_activation("swiglu", activation)
     x, w_gate, w_up = _autocast(x, w_gate, w_up)
     check_swiglu_inputs(x, w_gate, w_up, fast_accum)
     if _takes_pytorch_path(x, w_gate, w_up):
-        return swiglu_values(x, w_gate, w_up)
+        return swiglu_values(x, w_gate, w_up, activation)
     d_ff = w_gate.shape[1]
     needs_grad = _needs_grad(x, w_gate, w_up)
     y = ops.swiglu_2d(_as_2d(x), w_gate, w_up, fast_accum, needs_grad and not recompute,
-                      needs_grad)
+                      needs_grad, activation)
     return y.reshape(*x.shape[:-1], d_ff)
 
 
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, *,
-               fast_accum: bool = False, recompute: bool = False) -> Tensor:
+               activation: str = "silu", fast_accum: bool = False,
+               recompute: bool = False) -> Tensor:
     """The SwiGLU feed-forward block with its down projection:
     ``(silu(x @ w_gate) * (x @ w_up)) @ w_down``, differentiable in all four inputs.
 
@@ -73,7 +79,7 @@ def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, *,
     of size tokens x d_ff (g and u) instead of three, and with ``recompute=True`` none.
 
     Args:
-        x, w_gate, w_up, fast_accum, recompute: as for :func:`swiglu`.
+        x, w_gate, w_up, activation, fast_accum, recompute: as for :func:`swiglu`.
         w_down: ``(d_ff, d_model)`` with any strides (``down_proj.weight.T`` of an
             ``nn.Linear(d_ff, d_model)``).
 
@@ -85,14 +91,15 @@ def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, *,
         ``(..., d_model)`` in x's dtype.
     """
     check_flags("swiglu_mlp", fast_accum=fast_accum, recompute=recompute)
+    check_activation("swiglu_mlp", activation)
     x, w_gate, w_up, w_down = _autocast(x, w_gate, w_up, w_down)
     check_swiglu_inputs(x, w_gate, w_up, fast_accum)
     check_down_projection(w_down, w_gate)
     if _takes_pytorch_path(x, w_gate, w_up, w_down):
-        return swiglu_values(x, w_gate, w_up) @ w_down
+        return swiglu_values(x, w_gate, w_up, activation) @ w_down
     d_model = w_gate.shape[0]
     out = ops.swiglu_mlp_2d(_as_2d(x), w_gate, w_up, w_down, fast_accum, recompute,
-                            _needs_grad(x, w_gate, w_up, w_down))
+                            _needs_grad(x, w_gate, w_up, w_down), activation)
     return out.reshape(*x.shape[:-1], d_model)
 
 

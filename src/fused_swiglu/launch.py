@@ -4,6 +4,7 @@ import functools
 
 import torch
 
+from .kernels.common import GELU, GELU_TANH, SILU
 from .kernels.dual_gemm import (SWIGLU_BACKWARD, SWIGLU_BACKWARD_AND_PRODUCT, SWIGLU_FORWARD,
                                 dual_gemm_kernel)
 from .kernels.glu_pointwise import glu_pointwise_kernel
@@ -16,6 +17,9 @@ try:  # host-side tensor descriptors (TMA) arrived in Triton 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - older Triton takes the pointer path
     TensorDescriptor = None
+
+# activation name (fused_swiglu.activations) -> the kernels' ACTIVATION code
+ACTIVATION_CODES = {"silu": SILU, "gelu_tanh": GELU_TANH, "gelu": GELU}
 
 _TMA_ALIGNMENT = 16  # bytes: base address and every non-unit stride of a tensor descriptor
 # Launching with host tensor descriptors costs about 150 us of host time per call (measured on
@@ -139,7 +143,7 @@ def _launch_tuned(tuned_kernel, kernel, key, stacked, grid, args, flags, fast_ac
     kernel[grid](*args, **flags, **launch_kwargs)
 
 
-def _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config):
+def _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config, activation):
     """The stacked kernel's launch; `weights` is _stacked_weights()'s answer, the other
     arguments are _dual_gemm's."""
     M, K = a.shape
@@ -150,8 +154,11 @@ def _stacked_gemm(a, N, weights, y, pair, dy, epilogue, store_preact, config):
             _descriptor(dy) if dy is not None else None,
             M, N, K, m_bucket, num_sms)
     # float32 accumulation only: fast_accum changes nothing here
-    flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, UP_FIRST=up_first)
-    key = (_gpu_model(a.device), "stacked", m_bucket, N, K, a.dtype, epilogue, store_preact)
+    code = ACTIVATION_CODES[activation]
+    flags = dict(EPILOGUE=epilogue, ACTIVATION=code, STORE_PREACT=store_preact,
+                 UP_FIRST=up_first)
+    key = (_gpu_model(a.device), "stacked", m_bucket, N, K, a.dtype, epilogue, code,
+           store_preact)
 
     def grid(meta):
         # persistent: one program per multiprocessor, fewer when there are fewer tiles
@@ -178,20 +185,21 @@ def _gemm_plan(a, b_gate, b_up, dy=None):
     return storages, stacked
 
 
-def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None, plan=None):
+def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None, plan=None,
+               activation="silu"):
     """The SwiGLU epilogue of a @ b_gate and a @ b_up, by tiles, on 2-D operands of any strides.
 
-    Forward (SWIGLU_FORWARD): y = silu(g) * u, and g and u into `pair`, two (M, N) tensors of
+    Forward (SWIGLU_FORWARD): y = act(g) * u, and g and u into `pair`, two (M, N) tensors of
     the same strides, unless it is None. Backward (SWIGLU_BACKWARD): dg and du into `pair` from
-    dy; SWIGLU_BACKWARD_AND_PRODUCT also y = silu(g) * u into `y`, of the pair's strides. With
+    dy; SWIGLU_BACKWARD_AND_PRODUCT also y = act(g) * u into `y`, of the pair's strides. With
     the autotuner's choice of configuration, or `config` (for benchmarks of configurations);
-    `plan` is _gemm_plan()'s answer where the caller has it."""
+    `plan` is _gemm_plan()'s answer where the caller has it; `activation` names the gate's."""
     M, K = a.shape
     N = b_gate.shape[1]
     store_preact = epilogue == SWIGLU_FORWARD and pair is not None
     storages, stacked = plan if plan is not None else _gemm_plan(a, b_gate, b_up, dy)
     if stacked is not None:
-        _stacked_gemm(a, N, stacked, y, pair, dy, epilogue, store_preact, config)
+        _stacked_gemm(a, N, stacked, y, pair, dy, epilogue, store_preact, config, activation)
         return
     if epilogue == SWIGLU_FORWARD:
         out_a = y
@@ -221,7 +229,8 @@ def _dual_gemm(a, b_gate, b_up, y, pair, dy, epilogue, fast_accum, config=None, 
             out_a.stride(0), out_a.stride(1),
             out_b.stride(0), out_b.stride(1),
             dy.stride(0), dy.stride(1))
-    flags = dict(EPILOGUE=epilogue, STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
+    flags = dict(EPILOGUE=epilogue, ACTIVATION=ACTIVATION_CODES[activation],
+                 STORE_PREACT=store_preact, FAST_ACCUM=fast_accum,
                  USE_TMA=use_tma, A_TRANSPOSED=a_transposed, B_TRANSPOSED=b_transposed)
     key = (_gpu_model(a.device), m_bucket, N, K, a.dtype, *flags.values())
     _launch_tuned(tuned_dual_gemm, dual_gemm_kernel, key, False, grid, args, flags,
@@ -287,8 +296,8 @@ def _cublas_preact(x, w_gate, w_up):
     return torch.mm(x, w_gate), torch.mm(x, w_up)
 
 
-def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
-    """y = silu(x @ w_gate) * (x @ w_up) for 2-D x, and with store_preact also the
+def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool, activation="silu"):
+    """y = act(x @ w_gate) * (x @ w_up) for 2-D x, and with store_preact also the
     pre-activations g and u, two (M, d_ff) tensors of their own (so that each can be freed
     without the other); None for them otherwise."""
     M, N = x.shape[0], w_gate.shape[1]
@@ -296,38 +305,39 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool):
     path, plan = _forward_plan(x, w_gate, w_up)
     if path == CUBLAS:
         gate, up = _cublas_preact(x, w_gate, w_up)
-        _glu_pointwise(None, gate, up, None, None, product=y)
+        _glu_pointwise(None, gate, up, None, None, activation, product=y)
         return (y, gate, up) if store_preact else (y, None, None)
     pair = (new_output((M, N), x), new_output((M, N), x)) if store_preact else None
-    _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum, plan=plan)
+    _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum, plan=plan,
+               activation=activation)
     return (y, *pair) if store_preact else (y, None, None)
 
 
-def swiglu_grads_from_preact(dy, gate, up, out=None, product=None):
+def swiglu_grads_from_preact(dy, gate, up, out=None, product=None, activation="silu"):
     """(dg, du) from dy and the stored g and u, into `out` (which may be (gate, up) itself:
     each element is read before it is overwritten, by the same program); with `product` (a
-    tensor of g's strides), y = silu(g) * u into it as well."""
+    tensor of g's strides), y = act(g) * u into it as well."""
     M, N = dy.shape
     d_gate, d_up = (new_output((M, N), gate), new_output((M, N), up)) if out is None else out
-    _glu_pointwise(dy, gate, up, d_gate, d_up, product)
+    _glu_pointwise(dy, gate, up, d_gate, d_up, activation, product)
     return d_gate, d_up
 
 
-def gate_grad_from_preact(dy, gate, up):
+def gate_grad_from_preact(dy, gate, up, activation="silu"):
     """dg alone, in a new tensor."""
     d_gate = new_output(dy.shape, gate)
-    _glu_pointwise(dy, gate, up, d_gate, None)
+    _glu_pointwise(dy, gate, up, d_gate, None, activation)
     return d_gate
 
 
-def up_grad_from_preact(dy, gate):
+def up_grad_from_preact(dy, gate, activation="silu"):
     """du alone, in a new tensor: it needs dy and g, not u."""
     d_up = new_output(dy.shape, gate)
-    _glu_pointwise(dy, gate, None, None, d_up)
+    _glu_pointwise(dy, gate, None, None, d_up, activation)
     return d_up
 
 
-def _glu_pointwise(dy, gate, up, d_gate, d_up, product=None):
+def _glu_pointwise(dy, gate, up, d_gate, d_up, activation, product=None):
     """The elementwise pass; up and d_gate, or d_up, may be None, and product is; dy None
     writes the product alone."""
     M, N = gate.shape
@@ -340,27 +350,29 @@ def _glu_pointwise(dy, gate, up, d_gate, d_up, product=None):
         dy, gate, up, d_gate, d_up, product,
         M, N,
         *(dy.stride() if dy is not None else (0, 0)), gate.stride(0), gate.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+        ACTIVATION=ACTIVATION_CODES[activation], BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
     )
 
 
-def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool, with_product=False):
+def swiglu_grads_recompute(dy, x, w_gate, w_up, fast_accum: bool, with_product=False,
+                           activation="silu"):
     """(dg, du), two (M, d_ff) tensors of their own, recomputing g and u in the GEMM's
     epilogue (or on the forward's cuBLAS path, as it does); with_product: (dg, du, y),
-    y = silu(g) * u recomputed too."""
+    y = act(g) * u recomputed too."""
     M, N = dy.shape
     path, plan = _forward_plan(x, w_gate, w_up, dy)
     if path == CUBLAS:
         # the forward's path: g and u again by cuBLAS, then dg and du over them in place
         gate, up = _cublas_preact(x, w_gate, w_up)
         y = new_output((M, N), x) if with_product else None
-        _glu_pointwise(dy, gate, up, gate, up, product=y)
+        _glu_pointwise(dy, gate, up, gate, up, activation, product=y)
         return (gate, up, y) if with_product else (gate, up)
     pair = (new_output((M, N), x), new_output((M, N), x))
     if not with_product:
-        _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum, plan=plan)
+        _dual_gemm(x, w_gate, w_up, None, pair, dy, SWIGLU_BACKWARD, fast_accum, plan=plan,
+                   activation=activation)
         return pair
     y = new_output((M, N), x)
     _dual_gemm(x, w_gate, w_up, y, pair, dy, SWIGLU_BACKWARD_AND_PRODUCT, fast_accum,
-               plan=plan)
+               plan=plan, activation=activation)
     return (*pair, y)

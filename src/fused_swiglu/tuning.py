@@ -182,7 +182,7 @@ def untimed_config(stacked: bool, nargs: dict):
 def tuned_dual_gemm(gpu_model: str):
     return triton.autotune(
         configs=dual_gemm_configs(),
-        key=["M_BUCKET", "N", "K", "EPILOGUE", "STORE_PREACT", "FAST_ACCUM",
+        key=["M_BUCKET", "N", "K", "EPILOGUE", "ACTIVATION", "STORE_PREACT", "FAST_ACCUM",
              "USE_TMA", "A_TRANSPOSED", "B_TRANSPOSED"],
         prune_configs_by={"early_config_prune": _prune},
         do_bench=_graph_benchmark,
@@ -193,7 +193,7 @@ def tuned_dual_gemm(gpu_model: str):
 def tuned_stacked_gemm(gpu_model: str):
     return triton.autotune(
         configs=stacked_gemm_configs(),
-        key=["M_BUCKET", "N", "K", "EPILOGUE", "STORE_PREACT"],
+        key=["M_BUCKET", "N", "K", "EPILOGUE", "ACTIVATION", "STORE_PREACT"],
         do_bench=_graph_benchmark,
     )(stacked_gemm_kernel)
 

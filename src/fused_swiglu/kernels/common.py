@@ -5,9 +5,45 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 
+# The gate's activations (values of ACTIVATION)
+SILU = 0  # SwiGLU
+GELU_TANH = 1  # GeGLU, tanh approximation (gelu(z, approximate="tanh"))
+GELU = 2  # GeGLU, exact: z * Phi(z)
+
+
 @triton.jit
 def silu(x):
     return x * tl.sigmoid(x)
+
+
+@triton.jit
+def activation(x, ACTIVATION: tl.constexpr):
+    """act(x) of float32 x."""
+    if ACTIVATION == 1:
+        # 0.5 x (1 + tanh(s)) = x * sigmoid(2 s), s = sqrt(2 / pi) (x + 0.044715 x^3)
+        out = x * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+    elif ACTIVATION == 2:
+        out = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    else:
+        out = silu(x)
+    return out
+
+
+@triton.jit
+def activation_grad(x, ACTIVATION: tl.constexpr):
+    """act'(x) of float32 x."""
+    if ACTIVATION == 1:
+        sig = tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+        out = sig + x * sig * (1.0 - sig) * 1.5957691216057308 * (1.0 + 0.134145 * x * x)
+    elif ACTIVATION == 2:
+        # Phi(x) + x * phi(x)
+        out = (0.5 * (1.0 + tl.erf(x * 0.7071067811865476))
+               + x * tl.exp(-0.5 * x * x) * 0.3989422804014327)
+    else:
+        # d/dx [x * sigmoid(x)] = sigmoid(x) * (1 + x * (1 - sigmoid(x)))
+        sig = tl.sigmoid(x)
+        out = sig * (1.0 + x * (1.0 - sig))
+    return out
 
 
 # Triton decides when it decorates a kernel, that is when this package is imported, whether
@@ -23,17 +59,10 @@ INTERPRETING = tl.constexpr(RUNS_ON_INTERPRETER)
 
 
 @triton.jit
-def silu_grad(x):
-    # d/dx [x * sigmoid(x)] = sigmoid(x) * (1 + x * (1 - sigmoid(x)))
-    sig = tl.sigmoid(x)
-    return sig * (1.0 + x * (1.0 - sig))
-
-
-@triton.jit
-def swiglu_grads(dy, gate, up):
-    """(dg, du) of y = silu(g) * u from float32 dy, g and u: dg = dy * u * silu'(g) and
-    du = dy * silu(g)."""
-    return dy * up * silu_grad(gate), dy * silu(gate)
+def glu_grads(dy, gate, up, ACTIVATION: tl.constexpr):
+    """(dg, du) of y = act(g) * u from float32 dy, g and u: dg = dy * u * act'(g) and
+    du = dy * act(g)."""
+    return dy * up * activation_grad(gate, ACTIVATION), dy * activation(gate, ACTIVATION)
 
 
 @triton.jit

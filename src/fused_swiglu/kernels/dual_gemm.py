@@ -4,12 +4,12 @@ of A, and an epilogue turns the pair into the SwiGLU output or its gradients."""
 import triton
 import triton.language as tl
 
-from .common import grouped_tile, load_tile, mma, rounded, silu, swiglu_grads
+from .common import activation, glu_grads, grouped_tile, load_tile, mma, rounded
 
 # Epilogues (values of EPILOGUE).
-SWIGLU_FORWARD = 0  # out_a = silu(g) * u; with STORE_PREACT also out_b = g, out_c = u
-SWIGLU_BACKWARD = 1  # out_a = dy * u * silu'(g), out_b = dy * silu(g): recomputed g, u
-# the backward's outputs, and out_c = silu(g) * u: the SwiGLU output again, for the weight
+SWIGLU_FORWARD = 0  # out_a = act(g) * u; with STORE_PREACT also out_b = g, out_c = u
+SWIGLU_BACKWARD = 1  # out_a = dy * u * act'(g), out_b = dy * act(g): recomputed g, u
+# the backward's outputs, and out_c = act(g) * u: the SwiGLU output again, for the weight
 # gradient of a down projection that did not keep it
 SWIGLU_BACKWARD_AND_PRODUCT = 2
 
@@ -30,8 +30,9 @@ def dual_gemm_kernel(
     stride_bm_out, stride_bn_out,
     stride_dym, stride_dyn,
     # meta-parameters; FAST_ACCUM (the caller allows float16 accumulators) only keys the
-    # autotuner, which sets FP16_ACC by timing both kinds of accumulator
-    EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
+    # autotuner, which sets FP16_ACC by timing both kinds of accumulator; ACTIVATION is the
+    # gate's (kernels/common.py)
+    EPILOGUE: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, FAST_ACCUM: tl.constexpr,
     USE_TMA: tl.constexpr, A_TRANSPOSED: tl.constexpr, B_TRANSPOSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FP16_ACC: tl.constexpr,
@@ -63,20 +64,20 @@ def dual_gemm_kernel(
     gate = acc_g.to(tl.float32)
     up = acc_u.to(tl.float32)
     if EPILOGUE == 0:
-        y = silu(gate) * up
+        y = activation(gate, ACTIVATION) * up
         tl.store(out_a + a_offsets, rounded(y, out_a.dtype.element_ty), mask=mask)
         if STORE_PREACT:
             tl.store(out_b + b_offsets, rounded(acc_g, out_b.dtype.element_ty), mask=mask)
             tl.store(out_c + b_offsets, rounded(acc_u, out_c.dtype.element_ty), mask=mask)
     else:
         if EPILOGUE == 2:  # from the unrounded g and u, as the forward computed it
-            y = silu(gate) * up
+            y = activation(gate, ACTIVATION) * up
             tl.store(out_c + b_offsets, rounded(y, out_c.dtype.element_ty), mask=mask)
         # the backward sees g and u rounded to the storage dtype, as a stored forward would
         gate = rounded(gate, out_a.dtype.element_ty).to(tl.float32)
         up = rounded(up, out_a.dtype.element_ty).to(tl.float32)
         dy_tile = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
                           mask=mask, other=0.0).to(tl.float32)
-        d_gate, d_up = swiglu_grads(dy_tile, gate, up)
+        d_gate, d_up = glu_grads(dy_tile, gate, up, ACTIVATION)
         tl.store(out_a + a_offsets, rounded(d_gate, out_a.dtype.element_ty), mask=mask)
         tl.store(out_b + b_offsets, rounded(d_up, out_b.dtype.element_ty), mask=mask)

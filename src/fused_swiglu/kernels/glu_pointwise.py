@@ -1,11 +1,11 @@
 """Elementwise SwiGLU pass over the pre-activations g, u: the backward's dg and du from dy,
-and the SwiGLU output y = silu(g) * u (for a down projection that did not keep it, and for the
+and the SwiGLU output y = act(g) * u (for a down projection that did not keep it, and for the
 forward where cuBLAS computed g and u)."""
 
 import triton
 import triton.language as tl
 
-from .common import rounded, silu, swiglu_grads
+from .common import activation, glu_grads, rounded
 
 
 @triton.jit
@@ -18,8 +18,8 @@ def glu_pointwise_kernel(
     M, N,
     # strides (gate, up, d_gate, d_up and product share theirs)
     stride_dym, stride_dyn, stride_m, stride_n,
-    # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    # meta-parameters; ACTIVATION is the gate's (kernels/common.py)
+    ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -33,10 +33,10 @@ def glu_pointwise_kernel(
     if dy is not None:
         grad = tl.load(dy + rows[:, None] * stride_dym + cols[None, :] * stride_dyn,
                        mask=mask, other=0.0).to(tl.float32)
-        dg, du = swiglu_grads(grad, g, u)
+        dg, du = glu_grads(grad, g, u, ACTIVATION)
         if d_gate is not None:
             tl.store(d_gate + offsets, rounded(dg, d_gate.dtype.element_ty), mask=mask)
         if d_up is not None:
             tl.store(d_up + offsets, rounded(du, d_up.dtype.element_ty), mask=mask)
     if product is not None:
-        tl.store(product + offsets, rounded(silu(g) * u, product.dtype.element_ty), mask=mask)
+        tl.store(product + offsets, rounded(activation(g, ACTIVATION) * u, product.dtype.element_ty), mask=mask)

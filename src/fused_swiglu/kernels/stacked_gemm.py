@@ -10,7 +10,7 @@ tile's loads before this tile's epilogue, and the epilogue stores through tensor
 import triton
 import triton.language as tl
 
-from .common import grouped_tile, mma, rounded, silu, swiglu_grads
+from .common import activation, glu_grads, grouped_tile, mma, rounded
 
 
 @triton.jit
@@ -22,7 +22,8 @@ def stacked_gemm_kernel(
     a, w, y, gate_out, up_out, dy,
     M, N, K, M_BUCKET, NUM_SMS,
     # the same meaning as dual_gemm_kernel's
-    EPILOGUE: tl.constexpr, STORE_PREACT: tl.constexpr, UP_FIRST: tl.constexpr,
+    EPILOGUE: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
+    UP_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
@@ -48,16 +49,17 @@ def stacked_gemm_kernel(
         else:
             gate, up = left, right
         if EPILOGUE == 0:
-            y.store([off_m, off_n], rounded(silu(gate) * up, y.dtype))
+            y.store([off_m, off_n], rounded(activation(gate, ACTIVATION) * up, y.dtype))
             if STORE_PREACT:
                 gate_out.store([off_m, off_n], rounded(gate, gate_out.dtype))
                 up_out.store([off_m, off_n], rounded(up, up_out.dtype))
         else:
             if EPILOGUE == 2:  # from the unrounded g and u, as the forward computed it
-                y.store([off_m, off_n], rounded(silu(gate) * up, y.dtype))
+                y.store([off_m, off_n], rounded(activation(gate, ACTIVATION) * up, y.dtype))
             # the backward sees g and u rounded to the storage dtype, as a stored forward would
             gate = rounded(gate, gate_out.dtype).to(tl.float32)
             up = rounded(up, up_out.dtype).to(tl.float32)
-            d_gate, d_up = swiglu_grads(dy.load([off_m, off_n]).to(tl.float32), gate, up)
+            d_gate, d_up = glu_grads(dy.load([off_m, off_n]).to(tl.float32), gate, up,
+                                     ACTIVATION)
             gate_out.store([off_m, off_n], rounded(d_gate, gate_out.dtype))
             up_out.store([off_m, off_n], rounded(d_up, up_out.dtype))
