@@ -1,10 +1,11 @@
 """Fused SwiGLU forward and backward Triton kernels for PyTorch."""
 
 from .functional import FastAccumFusedSwiGLU, FusedSwiGLU, swiglu, swiglu_mlp
+from .integrations.transformers import patch_model
 from .modules import SwiGLUMLP
 from .reference import swiglu_reference
 
 __version__ = "0.1.0"
 
-__all__ = ["FastAccumFusedSwiGLU", "FusedSwiGLU", "SwiGLUMLP", "swiglu", "swiglu_mlp",
-           "swiglu_reference", "__version__"]
+__all__ = ["FastAccumFusedSwiGLU", "FusedSwiGLU", "SwiGLUMLP", "patch_model", "swiglu",
+           "swiglu_mlp", "swiglu_reference", "__version__"]
