@@ -1,6 +1,7 @@
 """SwiGLUMLP under tensor parallelism (parallelize_module with the Llama plan of HuggingFace's
-tp_plan) and FSDP2 (fully_shard), in 2 CPU processes over gloo, against the single-process
-module with the same weights: the forward and every gradient, and the layouts that raise.
+tp_plan, its sequence-parallel form and other layouts of its styles) and FSDP2 (fully_shard),
+in 2 CPU processes over gloo, against the single-process module with the same weights: the
+forward and every gradient, the collectives each way, and the layouts that raise.
 
 The processes run every case once, for the whole file (process start-up and the process
 groups cost seconds); each test then asserts on what each rank reported for its case.
@@ -42,19 +43,36 @@ from torch.distributed.tensor.parallel import (  # noqa: E402
 )
 
 WORLD_SIZE = 2
-# whole-file bound: the file takes about 30 s on two cores under the interpreter, start-up
+# whole-file bound: the file takes about 20 s on two cores under the interpreter, start-up
 # and torch.compile's tracing included
 TIMEOUT_S = 240
 # Against the single-process module in float32, where the kernels run in full float32 (no
 # TF32): the ranks' shards reorder the sums over d_ff (two partial down projections, two
-# partial dx, added by the all-reduce) and FSDP2 averages two ranks' weight gradients in
-# another order than one process summing them. Each reordered float32 sum of K terms moves by
-# at most ~K * 2**-24 relative (K <= 80 here: 5e-6), and far less on average (measured: at
-# most 1.5e-7); a wrong shard, a missing or doubled reduction is off by 1e-1 or more.
+# partial dx, added by the all-reduce or the reduce-scatter) and FSDP2 averages two ranks'
+# weight gradients in another order than one process summing them. Each reordered float32
+# sum of K terms moves by at most ~K * 2**-24 relative (K <= 80 here: 5e-6), and far less on
+# average (measured: at most 1.5e-7); a wrong shard, a missing or doubled reduction is off
+# by 1e-1 or more.
 TOLERANCE = 1e-5
 D_MODEL, D_FF = 24, 40
 LLAMA_PLAN = {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
               "down_proj": RowwiseParallel()}
+# the same, every layout spelled out with its default value
+SPELLED_OUT_PLAN = {
+    name: ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1),
+                          use_local_output=True) for name in ("gate_proj", "up_proj")} | {
+    "down_proj": RowwiseParallel(input_layouts=Shard(-1), output_layouts=Replicate(),
+                                 use_local_output=True)}
+# sequence parallelism: x and the output sharded on the sequence dimension
+SEQUENCE_PLAN = {"gate_proj": ColwiseParallel(input_layouts=Shard(1)),
+                 "up_proj": ColwiseParallel(input_layouts=Shard(1)),
+                 "down_proj": RowwiseParallel(output_layouts=Shard(1))}
+DTENSOR_OUTPUT_PLAN = {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
+                       "down_proj": RowwiseParallel(use_local_output=False)}
+# the collectives of sequence parallelism, forward and backward: x all-gathered, the partial
+# outputs reduce-scattered; d_out all-gathered, the partial dx reduce-scattered
+SEQUENCE_COMMS = ({"all_gather_into_tensor": 1, "reduce_scatter_tensor": 1},
+                  {"all_gather_into_tensor": 1, "reduce_scatter_tensor": 1})
 
 
 def _inputs(lead=(2, 5), d_model=D_MODEL, ranks=1):
@@ -77,17 +95,46 @@ def _single_process(model, x, d_out):
 # under the interpreter, which inductor has no code generation for; dynamo and AOT autograd,
 # which trace the DTensor conversions, FSDP2's hooks and the custom ops, are what is tested.
 
-def _tensor_parallel(mesh, activation="silu", recompute=False, d_ff=D_FF, x_layout="plain",
-                     compiled=False):
+def _tensor_parallel(mesh, activation="silu", recompute=False, d_ff=D_FF, plan=None,
+                     x_layout="plain", seq=5, compiled=False, comms=None):
+    """x_layout: "plain" (the whole x, a plain tensor), "dtensor" (a Replicate DTensor leaf, as
+    a PrepareModuleInput(desired_input_layouts=Replicate) gives), "shard" (this rank's
+    sequence shard, a plain tensor), "shard dtensor" (a Shard(1) DTensor leaf); the output and
+    its gradient are laid out as the plan's down_proj style says. comms: the collectives
+    {name: count} of the forward and of the backward, the default one all-reduce each."""
     torch.manual_seed(0)
+    plan = plan or LLAMA_PLAN
     mlp = SwiGLUMLP(D_MODEL, d_ff, activation=activation, recompute=recompute)
-    x, d_out = _inputs()
+    x, d_out = _inputs(lead=(2, seq))
     out_ref, dx_ref, grads_ref = _single_process(mlp, x, d_out)
-    parallelize_module(mlp, mesh, LLAMA_PLAN)
+    if plan == "by hand":  # the plan's weights, without the styles' hooks
+        for name, placement in (("gate_proj", Shard(0)), ("up_proj", Shard(0)),
+                                ("down_proj", Shard(1))):
+            linear = getattr(mlp, name)
+            linear.weight = nn.Parameter(distribute_tensor(linear.weight.detach(), mesh,
+                                                           [placement]))
+        out_style = RowwiseParallel()
+    else:
+        parallelize_module(mlp, mesh, plan)
+        out_style = plan["down_proj"]
+    rank = dist.get_rank()
+
+    def shard(whole):
+        # DTensor's Shard(1) splits as torch.chunk does: 6 -> 3 + 3, 5 -> 3 + 2
+        return whole.chunk(WORLD_SIZE, dim=1)[rank]
+
     if x_layout == "plain":
         x = x.clone().requires_grad_()
-    else:  # a DTensor leaf, as a PrepareModuleInput(desired_input_layouts=Replicate) gives
-        x = distribute_tensor(x, mesh, [Replicate()]).detach().requires_grad_()
+    elif x_layout == "shard":
+        x = shard(x).clone().requires_grad_()
+    else:
+        x_placement = Replicate() if x_layout == "dtensor" else Shard(1)
+        x = distribute_tensor(x, mesh, [x_placement]).detach().requires_grad_()
+    (out_placement,), local = out_style.output_layouts, out_style.use_local_output
+    if not local:
+        d_out = DTensor.from_local(d_out, mesh, [Replicate()], run_check=False)
+    elif out_placement != Replicate():
+        d_out = shard(d_out)
     if compiled:
         out = torch.compile(mlp, backend="aot_eager", fullgraph=True)(x)
         out.backward(d_out)
@@ -96,22 +143,38 @@ def _tensor_parallel(mesh, activation="silu", recompute=False, d_ff=D_FF, x_layo
             out = mlp(x)
         with CommDebugMode() as backward_comms:
             out.backward(d_out)
-        # one all-reduce each way: the partial outputs, the partial input gradients
-        assert forward_comms.get_total_counts() == 1, forward_comms.get_comm_counts()
-        assert backward_comms.get_total_counts() == 1, backward_comms.get_comm_counts()
-    assert type(out) is torch.Tensor, f"the output is a {type(out).__name__}"
-    errors = {"out": relative_error(out, out_ref)}
-    if x_layout == "plain":
-        assert type(x.grad) is torch.Tensor, type(x.grad)
-        errors["dx"] = relative_error(x.grad, dx_ref)
+        forward_expected, backward_expected = comms or ({"all_reduce": 1}, {"all_reduce": 1})
+        assert _comm_names(forward_comms) == forward_expected, forward_comms.get_comm_counts()
+        assert _comm_names(backward_comms) == backward_expected, backward_comms.get_comm_counts()
+    if local:
+        # RowwiseParallel returns its collective's output unwaited: an AsyncCollectiveTensor,
+        # a Tensor subclass that waits at its first use, as the plain down_proj returns it
+        assert isinstance(out, torch.Tensor) and not isinstance(out, DTensor), type(out)
+        got = out
+        if out_placement != Replicate():
+            out_ref = shard(out_ref)
     else:
-        assert isinstance(x.grad, DTensor) and list(x.grad.placements) == [Replicate()], x.grad
-        errors["dx"] = relative_error(x.grad.to_local(), dx_ref)
+        assert isinstance(out, DTensor) and list(out.placements) == [out_placement], out
+        got = out.full_tensor()
+    errors = {"out": relative_error(got, out_ref)}
+    if isinstance(x, DTensor):
+        assert isinstance(x.grad, DTensor) and x.grad.placements == x.placements, x.grad
+        errors["dx"] = relative_error(x.grad.full_tensor(), dx_ref)
+    else:
+        # under sequence parallelism dx is the reduce-scatter's output, unwaited (as above)
+        assert not isinstance(x.grad, DTensor), type(x.grad)
+        errors["dx"] = relative_error(x.grad, dx_ref if x_layout == "plain" else shard(dx_ref))
     for name, param in mlp.named_parameters():
         grad = param.grad
         assert isinstance(grad, DTensor) and grad.placements == param.placements, (name, grad)
         errors[name] = relative_error(grad.full_tensor(), grads_ref[name])
     return errors
+
+
+def _comm_names(comm_mode):
+    """{collective's name: count}: all_reduce, all_gather_into_tensor, reduce_scatter_tensor."""
+    return {str(op).rsplit(".", 1)[-1]: count
+            for op, count in comm_mode.get_comm_counts().items() if count}
 
 
 def _fully_sharded(mesh, stack=False, compiled=False):
@@ -162,11 +225,15 @@ def _fully_sharded_over_tensor_parallel(mesh):
     return errors
 
 
-def _tensor_parallel_layout(mesh, plan=None, packed=False, x_layout=None, mesh_2d=False):
+def _tensor_parallel_layout(mesh, plan=None, packed=False, x_layout=None, mesh_2d=False,
+                            x_mesh_2d=False, up_by_hand=False, kwargs_hook=False):
     """The error that a layout raises: (exception type name, message)."""
     torch.manual_seed(0)
     mlp = SwiGLUMLP(D_MODEL, D_FF, packed=packed)
     x, _ = _inputs()
+    if up_by_hand:  # the plan's placement, without ColwiseParallel's hook
+        mlp.up_proj.weight = nn.Parameter(distribute_tensor(mlp.up_proj.weight.detach(), mesh,
+                                                            [Shard(0)]))
     if mesh_2d:
         mesh = init_device_mesh("cpu", (1, WORLD_SIZE), mesh_dim_names=("dp", "tp"))
         for name, placement in (("gate_proj", Shard(0)), ("up_proj", Shard(0)),
@@ -176,6 +243,11 @@ def _tensor_parallel_layout(mesh, plan=None, packed=False, x_layout=None, mesh_2
                                                            [Replicate(), placement]))
     else:
         parallelize_module(mlp, mesh, plan or LLAMA_PLAN)
+    if kwargs_hook:
+        for linear in (mlp.gate_proj, mlp.up_proj):
+            linear.register_forward_pre_hook(lambda mod, args, kwargs: None, with_kwargs=True)
+    if x_mesh_2d:  # the same ranks, as a dimension of another mesh
+        mesh = init_device_mesh("cpu", (1, WORLD_SIZE), mesh_dim_names=("dp", "tp"))["tp"]
     if x_layout is not None:
         x = distribute_tensor(x, mesh, x_layout)
     try:
@@ -193,6 +265,26 @@ CASES = {
     # d_ff = 37 splits into 19 + 18 rows
     "tp uneven d_ff": lambda mesh: _tensor_parallel(mesh, d_ff=37),
     "tp replicated DTensor x": lambda mesh: _tensor_parallel(mesh, x_layout="dtensor"),
+    # "tp silu" and this: a plain x, the whole input, under the default styles
+    "tp default styles spelled out": lambda mesh: _tensor_parallel(mesh, plan=SPELLED_OUT_PLAN),
+    "tp weights distributed by hand": lambda mesh: _tensor_parallel(mesh, plan="by hand"),
+    # a sequence-sharded DTensor x passes ColwiseParallel()'s hook as it is: the forward
+    # all-gathers it, and reduce-scatters dx to its layout
+    "tp sequence-sharded DTensor x": lambda mesh: _tensor_parallel(
+        mesh, x_layout="shard dtensor",
+        comms=({"all_gather_into_tensor": 1, "all_reduce": 1}, {"reduce_scatter_tensor": 1})),
+    "tp DTensor output": lambda mesh: _tensor_parallel(mesh, plan=DTENSOR_OUTPUT_PLAN),
+    # each rank passes its own 3 of the 6 positions, a plain tensor
+    "sp plain shard": lambda mesh: _tensor_parallel(mesh, plan=SEQUENCE_PLAN, x_layout="shard",
+                                                    seq=6, comms=SEQUENCE_COMMS),
+    "sp plain shard gelu recompute": lambda mesh: _tensor_parallel(
+        mesh, plan=SEQUENCE_PLAN, x_layout="shard", seq=6, activation="gelu", recompute=True,
+        d_ff=37, comms=SEQUENCE_COMMS),
+    # uneven shards, 3 + 2, need a DTensor x (a plain one is taken as an even shard)
+    "sp uneven DTensor shards": lambda mesh: _tensor_parallel(
+        mesh, plan=SEQUENCE_PLAN, x_layout="shard dtensor", seq=5, comms=SEQUENCE_COMMS),
+    "sp compiled": lambda mesh: _tensor_parallel(mesh, plan=SEQUENCE_PLAN, x_layout="shard",
+                                                 seq=6, compiled=True),
     "tp compiled": lambda mesh: _tensor_parallel(mesh, compiled=True),
     "fsdp2": lambda mesh: _fully_sharded(mesh),
     "fsdp2 stack": lambda mesh: _fully_sharded(mesh, stack=True),
@@ -206,7 +298,14 @@ CASES = {
     "raises: packed gate_up_proj": lambda mesh: _tensor_parallel_layout(
         mesh, packed=True, plan={"gate_up_proj": ColwiseParallel(),
                                  "down_proj": RowwiseParallel()}),
-    "raises: sequence-sharded x": lambda mesh: _tensor_parallel_layout(mesh, x_layout=[Shard(1)]),
+    "raises: gate and up styles differ": lambda mesh: _tensor_parallel_layout(
+        mesh, plan=SEQUENCE_PLAN | {"up_proj": ColwiseParallel()}),
+    "raises: up_proj without the style": lambda mesh: _tensor_parallel_layout(
+        mesh, plan={"gate_proj": ColwiseParallel(), "down_proj": RowwiseParallel()},
+        up_by_hand=True),
+    "raises: pre-hook with kwargs": lambda mesh: _tensor_parallel_layout(mesh, kwargs_hook=True),
+    "raises: x on another mesh": lambda mesh: _tensor_parallel_layout(
+        mesh, x_layout=[Replicate()], x_mesh_2d=True),
     "raises: 2-D mesh": lambda mesh: _tensor_parallel_layout(mesh, mesh_2d=True),
 }
 
@@ -216,7 +315,16 @@ RAISES = {
     "raises: up_proj not sharded": (ValueError, r"up_proj\.weight: a plain Parameter"),
     "raises: packed gate_up_proj": (NotImplementedError,
                                     r"packed=True.*gate_up_proj\.weight: \[Shard\(dim=0\)\]"),
-    "raises: sequence-sharded x": (ValueError, r"DTensor x with \[Shard\(dim=1\)\]"),
+    "raises: gate and up styles differ": (
+        ValueError, r"gate_proj: \['ColwiseParallel._prepare_input_fn\(\(Shard\(dim=1\),\), "
+                    r"\(Replicate\(\),\)\)'\], up_proj: \['ColwiseParallel._prepare_input_fn"
+                    r"\(\(Replicate\(\),\), \(Replicate\(\),\)\)'\]"),
+    "raises: up_proj without the style": (ValueError, r"up_proj: \[\]"),
+    "raises: pre-hook with kwargs": (NotImplementedError, r"gate_proj's forward pre-hook.*"
+                                                          r"with_kwargs=True"),
+    "raises: x on another mesh": (ValueError, r"on the weights' mesh.*DTensor x with "
+                                              r"\[Replicate\(\)\] on a mesh of shape \(2,\) "
+                                              r"\('tp',\)"),
     "raises: 2-D mesh": (NotImplementedError,
                          r"more than one dimension.*\[Replicate\(\), Shard\(dim=0\)\]"),
 }

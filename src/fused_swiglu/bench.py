@@ -205,6 +205,19 @@ class Operands:
             return self.x, self.packed
         return self.x, self.w_gate, self.w_up
 
+    def weights(self):
+        """(w_gate, w_up), packed layouts' sliced from the buffer anew, as a model's forward
+        slices them: a CUDA graph then captures the slices' backward too, which autograd runs
+        on the stream the slice was made on (slices made once, outside the capture, would put
+        it on the default stream, which a capture may not touch)."""
+        if self.layout == "packed_linear":
+            d_ff = self.packed.shape[0] // 2
+            return self.packed[:d_ff].T, self.packed[d_ff:].T
+        if self.layout == "packed_row_major":
+            d_ff = self.packed.shape[1] // 2
+            return self.packed[:, :d_ff], self.packed[:, d_ff:]
+        return self.w_gate, self.w_up
+
     @torch.no_grad()
     def packed_weight(self):
         """[w_gate | w_up], (d_model, 2 d_ff), in the weights' layout: the bound's operand. A
@@ -255,14 +268,18 @@ def training_problem(m, d_model, d_ff, dtype, impls, layout="linear"):
     layout_operands() that require grad and one gradient dy for the output."""
     ops = layout_operands(layout, m, d_model, d_ff, dtype, requires_grad=True)
     dy = torch.randn(m, d_ff, device=ops.x.device, dtype=dtype)
-    return training_steps(impls, ops.x, ops.w_gate, ops.w_up, dy, ops.leaves)
+    return training_steps(impls, ops.x, ops.w_gate, ops.w_up, dy, ops.leaves, ops.weights)
 
 
-def training_steps(impls, x, w_gate, w_up, dy, leaves=None):
+def training_steps(impls, x, w_gate, w_up, dy, leaves=None, weights=None):
     """{name: one forward+backward of that implementation: the gradients of `leaves` (default
-    x, w_gate and w_up) for dy}."""
+    x, w_gate and w_up) for dy}; `weights`, where given, returns (w_gate, w_up) anew in each
+    step (Operands.weights)."""
     leaves = (x, w_gate, w_up) if leaves is None else tuple(leaves)
-    return {name: (lambda fn=fn: torch.autograd.grad(fn(x, w_gate, w_up), leaves, dy))
+    if weights is None:
+        def weights():
+            return w_gate, w_up
+    return {name: (lambda fn=fn: torch.autograd.grad(fn(x, *weights()), leaves, dy))
             for name, fn in impls.items()}
 
 
@@ -296,10 +313,16 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     del fwd  # the bound's closure held the only reference to a packed copy: freed here
     fwd_bwd_ms, fwd_bwd_graph_ms, memory = {}, {}, {}
     if with_backward:
-        steps = training_steps(impls, x, w_gate, w_up, dy, ops.leaves)
+        steps = training_steps(impls, x, w_gate, w_up, dy, ops.leaves, ops.weights)
         fwd_bwd_ms = interleaved_medians(median_ms, steps, eager_rounds)
         fwd_bwd_ms[BOUND] = 3 * fwd_ms[BOUND]
-        if m <= HOST_BOUND_TOKENS:  # the GPU's time too, where the eager one is the host's
+        if m <= HOST_BOUND_TOKENS and ops.packed is not None:
+            # each slice's gradient is summed into the buffer's on the stream the buffer (a
+            # leaf) was made on, the default stream, which a capture may not touch: PyTorch
+            # refuses the capture, for every implementation alike
+            print(f"# {layout}: no CUDA-graph timing (the buffer's gradient sums two slices' "
+                  f"outside the capture stream)")
+        elif m <= HOST_BOUND_TOKENS:  # the GPU's time too, where the eager one is the host's
             graphs = {name: captured_step(step) for name, step in steps.items()
                       if name != "torch.compile"}
             fwd_bwd_graph_ms = interleaved_medians(
