@@ -153,7 +153,8 @@ def _plan_mesh(module):
             f"({layout}); tensor parallelism needs {PLAN_TEXT} (with FSDP2 on top, "
             f"fully_shard over parallelize_module on a (dp, tp) mesh, the forward gets such "
             f"weights)")
-    if not (all(isinstance(w, DTensor) and tuple(w.placements) == PLAN[name]
+    # placements is a tuple already: tuple() of it is what torch 2.11's compiler cannot trace
+    if not (all(isinstance(w, DTensor) and w.placements == PLAN[name]
                 for name, w in weights.items())
             and all(mesh == meshes[0] for mesh in meshes)):
         raise ValueError(f"SwiGLUMLP: unsupported tensor-parallel layout ({layout}); the "
