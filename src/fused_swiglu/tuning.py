@@ -4,6 +4,7 @@ autotuner's per-call work."""
 
 import functools
 
+import torch
 import triton
 import triton.testing
 
@@ -162,7 +163,14 @@ def _prune(configs, nargs, **kwargs):
 def _graph_benchmark(kernel_call, quantiles):
     """The autotuner times each configuration as CUDA-graph replays: timed launch by launch, a
     decode-sized kernel (tens of microseconds) measures the host's launch overhead instead, and
-    the choice among configurations is left to chance."""
+    the choice among configurations is left to chance.
+
+    do_bench_cudagraph launches on a stream of its own that does not wait for the current one,
+    with the call's real arguments: kernels still queued there could be writing the inputs, or
+    still using memory that the caching allocator has just handed out again as an output
+    (stream-ordered reuse, which that side stream ignores). Finishing them first keeps the
+    timing launches from racing them."""
+    torch.cuda.synchronize()
     return triton.testing.do_bench_cudagraph(kernel_call, rep=25, quantiles=quantiles)
 
 
