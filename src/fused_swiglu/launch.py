@@ -257,10 +257,10 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
 # decode step, where the fused kernel's narrow tiles read the weights once at close to the
 # copy bandwidth.
 # Above CUBLAS_MAX_TOKENS, only the stacked kernel (nn.Linear-layout weights on Hopper) is
-# faster than cuBLAS: the two-MMA kernel that takes every other layout (row-major (d_model,
-# d_ff) weights, the original API's) ran the forward at 1.03-1.19x the cuBLAS packed GEMM on
-# an H200 (NOTES.md, v5), behind two cuBLAS GEMMs and the pass, so those layouts take cuBLAS
-# at every size above a decode step (NOTES.md, v12).
+# faster than cuBLAS: on row-major (d_model, d_ff) weights, the original API's, the two-MMA
+# kernel ran the forward at 1.049-1.158x the cuBLAS packed GEMM on an H200, two cuBLAS GEMMs
+# and the pass at 1.035-1.085x (NOTES.md, v12), so every layout the stacked kernel cannot take
+# runs cuBLAS above a decode step.
 DECODE_MAX_TOKENS = 32
 CUBLAS_MAX_TOKENS = 512
 
