@@ -191,6 +191,8 @@ def test_zero_d_ff(dtype):
     assert w_gate.grad.shape == (48, 0) and w_up.grad.shape == (48, 0)
 
 
+# nn.Linear's initialisation warns that a zero-element weight has nothing to initialise
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @pytest.mark.parametrize("hidden,intermediate", [(0, 0), (16, 0), (0, 16)], ids=str)
 def test_module_with_an_empty_dimension(hidden, intermediate):
     mlp = SwiGLUMLP(hidden, intermediate, device=DEVICE, dtype=torch.float32)
