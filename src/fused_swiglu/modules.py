@@ -25,8 +25,10 @@ class SwiGLUMLP(nn.Module):
     approximation, Gemma's ``gelu_pytorch_tanh``) or "gelu" (exact GeGLU).
     ``fast_accum=True`` (float16 weights only) lets the projections accumulate in float16, as
     for :func:`swiglu`. Under tensor parallelism (``parallelize_module`` with ColwiseParallel
-    on gate_proj and up_proj, RowwiseParallel on down_proj) each rank computes its shards with
-    the same kernels and one all-reduce.
+    on gate_proj and up_proj, RowwiseParallel on down_proj, sequence-parallel layouts too) each
+    rank computes its shards with the same kernels and the collectives the plain Linears would
+    run: one all-reduce forward and one backward under the default styles
+    (``fused_swiglu.distributed``).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, *, activation: str = "silu",
