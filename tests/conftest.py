@@ -31,8 +31,10 @@ def kernel_outputs(monkeypatch):
 
 @pytest.fixture(params=["fused kernel", "cuBLAS and pass"])
 def forward_path(request, monkeypatch):
-    """The forward's path at every token count: the fused kernel, or two cuBLAS GEMMs and the
-    elementwise pass (16-bit dtypes only, as the size rule has it; float32 stays fused)."""
+    """The forward's path at every token count: the fused kernels (where the weights' layout
+    allows them: 16-bit weights the stacked kernel cannot take still run cuBLAS above a
+    decode step), or two cuBLAS GEMMs and the elementwise pass (16-bit dtypes only, as the
+    size rule has it; float32 stays fused)."""
     from fused_swiglu import launch
     if request.param == "fused kernel":
         monkeypatch.setattr(launch, "CUBLAS_MAX_TOKENS", 0)
