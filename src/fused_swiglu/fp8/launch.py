@@ -60,7 +60,7 @@ def quantize_groups(t: torch.Tensor, group=128, dtype=torch.float8_e4m3fn,
     q = new_output((M, K), dtype, t)
     scales = new_output((M, n_groups), torch.float32, t)
     if M == 0 or K == 0:
-        # rows of no columns keep their one scale each with group=None: an all-zero group's
+        # nothing to read: every scale is an all-zero group's, 1 (as the recipe has it)
         scales.fill_(1.0)
         return q, scales
     block_k = min(_next_power_of_2(group), MAX_BLOCK_K)
