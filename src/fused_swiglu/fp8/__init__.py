@@ -4,10 +4,10 @@ DeepSeek-V3 blockwise), the float8 forward's reference, and the quantization ker
 Not part of fused_swiglu's public API yet: which recipe it takes is for GPU measurements to
 decide."""
 
-from .launch import quantize_groups
+from .launch import fp8_swiglu_forward, quantize_groups
 from .recipe import (dequantize_blockwise, dequantize_rowwise, quantize_blockwise,
                      quantize_rowwise)
 from .reference import swiglu_fp8_reference
 
-__all__ = ["dequantize_blockwise", "dequantize_rowwise", "quantize_blockwise", "quantize_groups",
-           "quantize_rowwise", "swiglu_fp8_reference"]
+__all__ = ["dequantize_blockwise", "dequantize_rowwise", "fp8_swiglu_forward",
+           "quantize_blockwise", "quantize_groups", "quantize_rowwise", "swiglu_fp8_reference"]
