@@ -309,11 +309,65 @@ SCRIPT = textwrap.dedent(r'''
             raise AssertionError("fast_accum=True accepted with bfloat16 weights")
 
     check("module fast_accum", "float16 only, shown in repr", module_fast_accum)
+
+    # GeGLU: the activations, forward and every gradient, function and block
+    def geglu(activation, dtype):
+        x = torch.randn(2, 3, 24, dtype=dtype)
+        w_gate, w_up = (torch.randn(24, 40, dtype=dtype) * 24 ** -0.5 for _ in range(2))
+        w_down = torch.randn(40, 24, dtype=dtype) * 40 ** -0.5
+        leaves = [t.requires_grad_() for t in (x, w_gate, w_up, w_down)]
+        out = swiglu_mlp(*leaves, activation=activation)
+        dy = torch.randn_like(out)
+        grads = torch.autograd.grad(out, leaves, dy)
+        refs = double_leaves(leaves)
+        ref = swiglu_reference(*refs[:3], activation=activation) @ refs[3]
+        ref_grads = torch.autograd.grad(ref, refs, dy.double())
+        errors = [relative_error(out, ref)] + [relative_error(g, r)
+                                               for g, r in zip(grads, ref_grads)]
+        assert max(errors) <= TOLERANCE[dtype], errors
+        gated = swiglu(*leaves[:3], activation=activation)
+        assert relative_error(gated, swiglu_reference(*refs[:3], activation=activation)) \
+            <= TOLERANCE[dtype]
+
+    for activation in ("gelu_tanh", "gelu"):
+        for dtype in (torch.bfloat16, torch.float32):
+            check("geglu", f"{activation} {dtype}", lambda: geglu(activation, dtype))
+
+    # the packed module and patch_model on a tiny HF Llama
+    def packed_module():
+        torch.manual_seed(1)
+        separate = SwiGLUMLP(24, 40, activation="gelu_tanh")
+        packed = SwiGLUMLP(24, 40, activation="gelu_tanh", packed=True)
+        with torch.no_grad():
+            packed.gate_up_proj.weight.copy_(
+                torch.cat([separate.gate_proj.weight, separate.up_proj.weight]))
+            packed.down_proj.weight.copy_(separate.down_proj.weight)
+        x = torch.randn(5, 24)
+        torch.testing.assert_close(packed(x), separate(x))
+
+    check("ecosystem", "packed module", packed_module)
+
+    def patched_llama():
+        import copy
+        import transformers
+        config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                          num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2)
+        torch.manual_seed(2)
+        model = transformers.LlamaForCausalLM(config)
+        patched = copy.deepcopy(model)
+        names = fused_swiglu.patch_model(patched)
+        assert names == ["model.layers.0.mlp", "model.layers.1.mlp"], names
+        tokens = torch.randint(0, 64, (2, 7))
+        ref = model(tokens).logits.double()
+        assert relative_error(patched(tokens).logits, ref) <= TOLERANCE[torch.float32]
+
+    check("ecosystem", "patch_model on a tiny Llama", patched_llama)
     print(json.dumps({"done": True}), flush=True)
 ''')
 
 GROUPS = ["forward and gradients", "double backward", "second backward", "empty dimensions",
-          "bad flags", "input checks", "meta tensors", "module fast_accum"]
+          "bad flags", "input checks", "meta tensors", "module fast_accum", "geglu", "ecosystem"]
 
 
 @pytest.fixture(scope="module")
