@@ -1,0 +1,56 @@
+"""Every kernel variant once, on small shapes, for compute-sanitizer (GPU only):
+
+    python benchmarks/memcheck_workload.py        # compiles and caches the kernels
+    compute-sanitizer --tool memcheck python benchmarks/memcheck_workload.py
+
+Run it plainly first: Triton then loads the compiled kernels from its cache, and the sanitized
+run spends its time checking rather than compiling (a cold sanitized run took more than 110 s
+on an H200)."""
+
+import torch
+
+from fused_swiglu import fp8, launch, swiglu, swiglu_mlp
+from fused_swiglu.fp8 import recipe
+
+
+def gated_kernels():
+    # the stacked kernel at every size, so that small shapes reach it too
+    launch.TMA_MIN_WORK = 1
+    for activation in ("silu", "gelu_tanh", "gelu"):
+        for m in (5, 200, 700):  # decode kernel, cuBLAS + pass, stacked kernel
+            for transposed in (True, False):
+                x = torch.randn(m, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k ** -0.5
+                           for n, k in ((688, 256), (688, 256), (256, 688))]
+                weights = [w.T if transposed else w.T.contiguous() for w in weights]
+                for w in weights:
+                    w.requires_grad_()
+                w_gate, w_up, w_down = weights
+                for recompute in (False, True):
+                    swiglu(x, w_gate, w_up, activation=activation,
+                           recompute=recompute).sum().backward()
+                    swiglu_mlp(x, w_gate, w_up, w_down, activation=activation,
+                               recompute=recompute).sum().backward()
+
+
+def float8_kernels():
+    x = torch.randn(37, 200, device="cuda", dtype=torch.bfloat16)
+    w_gate, w_up = (torch.randn(160, 200, device="cuda", dtype=torch.bfloat16) * 0.07
+                    for _ in range(2))
+    for granularity in ("rowwise", "blockwise"):
+        if granularity == "rowwise":
+            x_q, x_s = fp8.quantize_groups(x, group=None)
+            (g_q, g_s), (u_q, u_s) = (recipe.quantize_rowwise(w) for w in (w_gate, w_up))
+        else:
+            x_q, x_s = fp8.quantize_groups(x, group=128)
+            (g_q, g_s), (u_q, u_s) = (recipe.quantize_blockwise(w, (128, 128))
+                                      for w in (w_gate, w_up))
+        fp8.fp8_swiglu_forward(x_q, x_s, g_q, g_s, u_q, u_s, granularity=granularity,
+                               store_preact=True)
+
+
+if __name__ == "__main__":
+    gated_kernels()
+    float8_kernels()
+    torch.cuda.synchronize()
+    print("memcheck workload done")
