@@ -151,8 +151,7 @@ def test_bench_shape_rows_every_layout(monkeypatch):
         assert by_impl["eager"]["path"] == by_impl[bench.BOUND]["path"] == ""
         paths = {by_impl[n]["path"] for n in ("fused_swiglu", "fused_swiglu recompute")}
         assert len(paths) == 1
-        if hasattr(bench.launch, "forward_path"):
-            assert paths != {""}
+        assert paths != {""}
     decode = bench.bench_shape(4, 16, 32, torch.float32, impls, with_backward=False, rounds=1,
                                device=DEVICE)
     assert [r["impl"] for r in decode] == [bench.BOUND, "eager", "fused_swiglu"]

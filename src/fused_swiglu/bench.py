@@ -210,12 +210,8 @@ class Operands:
         slices them: a CUDA graph then captures the slices' backward too, which autograd runs
         on the stream the slice was made on (slices made once, outside the capture, would put
         it on the default stream, which a capture may not touch)."""
-        if self.layout == "packed_linear":
-            d_ff = self.packed.shape[0] // 2
-            return self.packed[:d_ff].T, self.packed[d_ff:].T
-        if self.layout == "packed_row_major":
-            d_ff = self.packed.shape[1] // 2
-            return self.packed[:, :d_ff], self.packed[:, d_ff:]
+        if self.packed is not None:
+            return _halves(self.layout, self.packed)
         return self.w_gate, self.w_up
 
     @torch.no_grad()
@@ -228,6 +224,15 @@ class Operands:
             # one (2 d_ff, d_model) nn.Linear weight, transposed
             return torch.cat([self.w_gate.T, self.w_up.T]).T
         return torch.cat([self.w_gate, self.w_up], dim=1)
+
+
+def _halves(layout, packed):
+    """(w_gate, w_up): the two (d_model, d_ff) views of a packed layout's buffer."""
+    if layout == "packed_linear":
+        d_ff = packed.shape[0] // 2
+        return packed[:d_ff].T, packed[d_ff:].T
+    d_ff = packed.shape[1] // 2
+    return packed[:, :d_ff], packed[:, d_ff:]
 
 
 def layout_operands(layout, m, d_model, d_ff, dtype, device="cuda", requires_grad=False):
@@ -247,10 +252,10 @@ def layout_operands(layout, m, d_model, d_ff, dtype, device="cuda", requires_gra
         w_gate, w_up = weight(d_model, d_ff), weight(d_model, d_ff)
     elif layout == "packed_linear":
         packed = weight(2 * d_ff, d_model)
-        w_gate, w_up = packed[:d_ff].T, packed[d_ff:].T
+        w_gate, w_up = _halves(layout, packed)
     elif layout == "packed_row_major":
         packed = weight(d_model, 2 * d_ff)
-        w_gate, w_up = packed[:, :d_ff], packed[:, d_ff:]
+        w_gate, w_up = _halves(layout, packed)
     else:
         raise ValueError(f"unknown weight layout {layout!r}; the layouts are {', '.join(LAYOUTS)}")
     return Operands(layout, x, w_gate, w_up, packed)
@@ -281,12 +286,6 @@ def training_steps(impls, x, w_gate, w_up, dy, leaves=None, weights=None):
             return w_gate, w_up
     return {name: (lambda fn=fn: torch.autograd.grad(fn(x, *weights()), leaves, dy))
             for name, fn in impls.items()}
-
-
-def forward_path(x, w_gate, w_up) -> str:
-    """The library's forward path for these operands ("" where launch cannot say)."""
-    query = getattr(launch, "forward_path", None)
-    return query(x, w_gate, w_up) if query is not None else ""
 
 
 def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=True,
@@ -331,7 +330,7 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
         if with_memory:
             memory = {name: memory_bytes(fn, (x, w_gate, w_up), dy, ops.leaves)
                       for name, fn in impls.items()}
-    path = forward_path(x, w_gate, w_up)
+    path = launch.forward_path(x, w_gate, w_up)
     rows = []
     for name in names:
         saved, peak = memory.get(name, (math.nan, math.nan))
