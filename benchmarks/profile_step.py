@@ -3,7 +3,7 @@ between them, for this package and Liger-Kernel. Where the benchmark's forward+b
 exceeds the sum of its kernels, the rest is the GPU waiting (on the host, the allocator or a
 synchronisation). GPU only, from the repository root:
 
-    python benchmarks/profile_step.py [M,d_model,d_ff ...]
+    python benchmarks/profile_step.py [--layout LAYOUT] [M,d_model,d_ff ...]
 
 Also times forward+backward of both, interleaved, at each shape."""
 
@@ -54,7 +54,7 @@ def timeline(step):
     return statistics.median(sums), statistics.median(spans), last
 
 
-def main(shapes):
+def main(shapes, layout="linear"):
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     liger = implementations(torch.bfloat16).get("liger")
     impls = {"fused_swiglu": swiglu}
@@ -62,10 +62,10 @@ def main(shapes):
         impls["liger"] = liger
     summary = []
     for m, d_model, d_ff in shapes:
-        steps = training_problem(m, d_model, d_ff, torch.bfloat16, impls)
+        steps = training_problem(m, d_model, d_ff, torch.bfloat16, impls, layout)
         for step in steps.values():
             step()
-        print(f"\n{m}x{d_model}x{d_ff} bfloat16")
+        print(f"\n{m}x{d_model}x{d_ff} bfloat16, {layout} weights")
         bench = _medians(steps)
         for name, step in steps.items():
             kernel_us, span_us, kernels = timeline(step)
@@ -87,4 +87,8 @@ def _medians(steps):
 
 
 if __name__ == "__main__":
-    main([tuple(int(v) for v in arg.split(",")) for arg in sys.argv[1:]] or SHAPES)
+    args = sys.argv[1:]
+    layout = "linear"
+    if args[:1] == ["--layout"]:
+        layout, args = args[1], args[2:]
+    main([tuple(int(v) for v in arg.split(",")) for arg in args] or SHAPES, layout)
