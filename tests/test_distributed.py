@@ -146,11 +146,6 @@ def _tensor_parallel(mesh, activation="silu", recompute=False, d_ff=D_FF, plan=N
         forward_expected, backward_expected = comms or ({"all_reduce": 1}, {"all_reduce": 1})
         assert _comm_names(forward_comms) == forward_expected, forward_comms.get_comm_counts()
         backward = _comm_names(backward_comms)
-        if d_ff % WORLD_SIZE and TORCH_VERSION < (2, 13):
-            # measured on torch 2.11: its backward of a DTensor's to_local() over an uneven
-            # split runs one all-gather more (the reductions are the same)
-            backward_expected = {**backward_expected, "all_gather_into_tensor":
-                                 backward_expected.get("all_gather_into_tensor", 0) + 1}
         assert backward == backward_expected, backward_comms.get_comm_counts()
     if local:
         # RowwiseParallel returns its collective's output unwaited: an AsyncCollectiveTensor,
@@ -175,9 +170,6 @@ def _tensor_parallel(mesh, activation="silu", recompute=False, d_ff=D_FF, plan=N
         assert isinstance(grad, DTensor) and grad.placements == param.placements, (name, grad)
         errors[name] = relative_error(grad.full_tensor(), grads_ref[name])
     return errors
-
-
-TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 
 
 def _comm_names(comm_mode):

@@ -120,9 +120,7 @@ def tensor_parallel_forward(module, x: Tensor) -> Tensor:
     """
     mesh = _plan_mesh(module)
     x_local = _local_input(module, x, mesh)
-    w_gate = module.gate_proj.weight.to_local()
-    w_up = module.up_proj.weight.to_local()
-    w_down = module.down_proj.weight.to_local()
+    w_gate, w_up, w_down = (_LocalWeight.apply(getattr(module, name).weight) for name in PLAN)
     partial_out = swiglu_mlp(x_local, w_gate.T, w_up.T, w_down.T, activation=module.activation,
                              recompute=module.recompute, fast_accum=module.fast_accum)
     return _output(module, DTensor.from_local(partial_out, mesh, (Partial(),), run_check=False),
@@ -145,19 +143,21 @@ def _plan_mesh(module):
             f"the first ranks gate rows and the last ranks up rows, not matching halves of "
             f"both. Use packed=False with {PLAN_TEXT}")
     weights = {name: getattr(module, name).weight for name in PLAN}
-    layout = "; ".join(f"{name}.weight: {_describe(w)}" for name, w in weights.items())
+
+    def layout():  # for the errors only: torch 2.11's compiler cannot trace the text
+        return "; ".join(f"{name}.weight: {_describe(w)}" for name, w in weights.items())
     meshes = [w.device_mesh for w in weights.values() if isinstance(w, DTensor)]
     if any(mesh.ndim != 1 for mesh in meshes):
         raise NotImplementedError(
             f"SwiGLUMLP: weights on a device mesh of more than one dimension are not supported "
-            f"({layout}); tensor parallelism needs {PLAN_TEXT} (with FSDP2 on top, "
+            f"({layout()}); tensor parallelism needs {PLAN_TEXT} (with FSDP2 on top, "
             f"fully_shard over parallelize_module on a (dp, tp) mesh, the forward gets such "
             f"weights)")
     # placements is a tuple already: tuple() of it is what torch 2.11's compiler cannot trace
     if not (all(isinstance(w, DTensor) and w.placements == PLAN[name]
                 for name, w in weights.items())
             and all(mesh == meshes[0] for mesh in meshes)):
-        raise ValueError(f"SwiGLUMLP: unsupported tensor-parallel layout ({layout}); the "
+        raise ValueError(f"SwiGLUMLP: unsupported tensor-parallel layout ({layout()}); the "
                          f"supported one is {PLAN_TEXT}")
     return meshes[0]
 
@@ -210,6 +210,25 @@ def _hook_text(hook) -> str:
             layouts = ", ".join(repr(arg) for arg in value.args)
             return f"{getattr(value.func, '__qualname__', value.func)}({layouts})"
     return repr(hook)
+
+
+class _LocalWeight(torch.autograd.Function):
+    """A weight's local shard, whose gradient comes back as a DTensor of the weight's exact
+    placements, shape and strides. DTensor.to_local() does the same, except that torch 2.11
+    derives the gradient's global strides from the local shard's, which for a Shard(1) split
+    that is not even (d_ff = 37 on two ranks) are not the weight's: the gradient accumulation
+    then copies it into the weight's layout through an all-gather, to a Replicate gradient."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        ctx.layout = weight.device_mesh, weight.placements, weight.shape, weight.stride()
+        return weight.to_local()
+
+    @staticmethod
+    def backward(ctx, grad):
+        mesh, placements, shape, stride = ctx.layout
+        return DTensor.from_local(grad, mesh, placements, run_check=False, shape=shape,
+                                  stride=stride)
 
 
 def _local_input(module, x, mesh) -> Tensor:

@@ -74,7 +74,9 @@ def _check_block(caller: str, block) -> tuple:
 
 def scales_from_amax(amax: torch.Tensor, dtype, pow2_scales: bool) -> torch.Tensor:
     """float32 scales from float32 maxima of |t| per group."""
-    scale = amax / FP8_MAX[dtype]
+    # a tensor divisor: PyTorch on CUDA multiplies by the reciprocal of a Python-number
+    # divisor, which is not the IEEE division the kernel and the CPU do
+    scale = amax / torch.full_like(amax, FP8_MAX[dtype])
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     if pow2_scales:
         # clear the mantissa after carrying any nonzero mantissa bit into the exponent: the
