@@ -276,7 +276,9 @@ def test_outlier_token():
     """A token 3e4 x larger than the others: both granularities scale per token, so the other
     tokens' operands quantize exactly as without it and their outputs keep the usual error;
     blockwise is not more accurate here (nor is rowwise)."""
-    x, w_gate, w_up = torch.randn(37, 256), torch.randn(256, 72) / 16, torch.randn(256, 72) / 16
+    # 512 outputs per token: the check over all rows is the outlier row's error alone, whose
+    # spread shrinks with its length (72 outputs measured 0.104 for one seed)
+    x, w_gate, w_up = torch.randn(37, 256), torch.randn(256, 512) / 16, torch.randn(256, 512) / 16
     outlier = x.clone()
     outlier[3] *= 3e4
     others = torch.arange(37) != 3
