@@ -1,0 +1,60 @@
+"""The float8 forward GEMM (kernels/fp8_gemm.py) against cuBLAS float8 and bfloat16 on the packed
+GEMM x @ [W_gate; W_up]^T, and the quantizer's time. GPU only, from the repository root:
+
+    python benchmarks/fp8_gemm_probe.py
+
+Answers the open question of NOTES.md's v13: how far the float8 kernel is from the float8 rate."""
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from fused_swiglu.fp8 import fp8_swiglu_forward, quantize_blockwise, quantize_groups
+
+SHAPES = [(8192, 4096, 11008), (16384, 4096, 14336), (8192, 8192, 28672)]
+
+
+def ms(fn):
+    return do_bench(fn, warmup=25, rep=200)
+
+
+def timings(m, k, n):
+    """{what: ms} at tokens m, d_model k, d_ff n."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(2 * n, k, device="cuda", dtype=torch.bfloat16) * k ** -0.5
+    x_q, x_s = quantize_groups(x, None)
+    w_q, w_s = quantize_groups(w, None)
+    one = torch.ones((), device="cuda")
+    rowwise = [*quantize_groups(w[:n], None), *quantize_groups(w[n:], None)]
+    blockwise = [*quantize_blockwise(w[:n], (128, 128)), *quantize_blockwise(w[n:], (128, 128))]
+    x_bq, x_bs = quantize_groups(x, 128)
+    rows = {
+        "bf16 cuBLAS packed": ms(lambda: x @ w.T),
+        "cuBLAS fp8 rowwise": ms(lambda: torch._scaled_mm(
+            x_q, w_q.T, scale_a=x_s, scale_b=w_s.T, out_dtype=torch.bfloat16)),
+        "cuBLAS fp8 tensorwise": ms(lambda: torch._scaled_mm(
+            x_q, w_q.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)),
+    }
+    for store in (False, True):
+        rows[f"ours rowwise store_preact={store}"] = ms(lambda: fp8_swiglu_forward(
+            x_q, x_s, *rowwise, granularity="rowwise", store_preact=store))
+    rows["ours blockwise"] = ms(lambda: fp8_swiglu_forward(
+        x_bq, x_bs, *blockwise, granularity="blockwise"))
+    rows["quantize x rowwise"] = ms(lambda: quantize_groups(x, None))
+    rows["quantize x 1x128"] = ms(lambda: quantize_groups(x, 128))
+    return rows
+
+
+def main():
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    print(f"{'shape':20s} {'what':34s} {'ms':>7s} {'TFLOP/s':>8s} {'x bf16':>7s}")
+    for m, k, n in SHAPES:
+        rows = timings(m, k, n)
+        base = rows["bf16 cuBLAS packed"]
+        for name, t in rows.items():
+            tflops = 4 * m * k * n / t * 1e-9 if not name.startswith("quantize") else float("nan")
+            print(f"{m}x{k}x{n:<8d} {name:34s} {t:7.3f} {tflops:8.0f} {base / t:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
