@@ -10,6 +10,7 @@ import triton
 from triton.testing import do_bench
 
 from fused_swiglu.fp8 import fp8_swiglu_forward, quantize_blockwise, quantize_groups
+from fused_swiglu.fp8.stacked import fp8_stacked_swiglu_forward, stack_weights_fp8
 
 SHAPES = [(8192, 4096, 11008), (16384, 4096, 14336), (8192, 8192, 28672)]
 
@@ -38,6 +39,10 @@ def timings(m, k, n):
     for store in (False, True):
         rows[f"ours rowwise store_preact={store}"] = ms(lambda: fp8_swiglu_forward(
             x_q, x_s, *rowwise, granularity="rowwise", store_preact=store))
+    stacked = stack_weights_fp8(w[:n], w[n:])
+    for store in (False, True):
+        rows[f"ours stacked rowwise store_preact={store}"] = ms(
+            lambda: fp8_stacked_swiglu_forward(x_q, x_s, *stacked, store_preact=store))
     rows["ours blockwise"] = ms(lambda: fp8_swiglu_forward(
         x_bq, x_bs, *blockwise, granularity="blockwise"))
     rows["quantize x rowwise"] = ms(lambda: quantize_groups(x, None))

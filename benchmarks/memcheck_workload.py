@@ -11,6 +11,7 @@ import torch
 
 from fused_swiglu import fp8, launch, swiglu, swiglu_mlp
 from fused_swiglu.fp8 import recipe
+from fused_swiglu.fp8.stacked import fp8_stacked_swiglu_forward, stack_weights_fp8
 
 
 def gated_kernels():
@@ -47,6 +48,14 @@ def float8_kernels():
                                       for w in (w_gate, w_up))
         fp8.fp8_swiglu_forward(x_q, x_s, g_q, g_s, u_q, u_s, granularity=granularity,
                                store_preact=True)
+    # the stacked kernel on ragged tiles: 300 tokens, d_model 208, d_ff 200
+    x = torch.randn(300, 208, device="cuda", dtype=torch.bfloat16)
+    w_gate, w_up = (torch.randn(200, 208, device="cuda", dtype=torch.bfloat16) * 0.07
+                    for _ in range(2))
+    x_q, x_s = fp8.quantize_groups(x, group=None)
+    for store_preact in (False, True):
+        fp8_stacked_swiglu_forward(x_q, x_s, *stack_weights_fp8(w_gate, w_up),
+                                   store_preact=store_preact)
 
 
 if __name__ == "__main__":

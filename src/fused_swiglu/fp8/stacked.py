@@ -1,0 +1,125 @@
+"""The float8 stacked forward (kernels/fp8_stacked_gemm.py): both weights quantized rowwise into
+one (2, N, K) buffer, and the launch on tensor descriptors. Not public yet: its speed against
+cuBLAS's float8 GEMM is for a GPU run to measure."""
+
+import torch
+
+from ..checks import check_activation, check_flags
+from ..kernels.fp8_stacked_gemm import fp8_stacked_swiglu_kernel
+from ..launch import _TMA_ALIGNMENT, ACTIVATION_CODES, TensorDescriptor, _num_sms
+from ..tuning import interpreting
+from . import launch
+from .launch import GEMM_OUT_DTYPES, quantize_groups
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): untuned; BLOCK_N = 128 makes the
+# MMA 256 wide, the plain float8 TMA GEMM's tile that reached 1.84x bf16 cuBLAS on an H200. The
+# interpreter's small tiles make the CPU tests cross several tiles and ragged edges.
+GPU_CONFIG = (128, 128, 128, 8, 8, 4)
+INTERPRETER_CONFIG = (32, 32, 32, 2, 4, 1)
+
+def stack_weights_fp8(w_gate: torch.Tensor, w_up: torch.Tensor):
+    """Both weights, in nn.Linear's (N, K) layout, quantized to float8_e4m3fn with one scale per
+    output channel (fused_swiglu.fp8.recipe's rowwise scaling) into one buffer.
+
+    Returns:
+        ``(w_q, w_scales)``: ``w_q`` ``(2, N, K)`` contiguous, gate first; ``w_scales``
+        ``(2, N, 1)`` float32.
+    """
+    if w_gate.shape != w_up.shape or w_gate.dim() != 2:
+        raise ValueError(f"stack_weights_fp8: w_gate and w_up must be (N, K) matrices of one "
+                         f"shape, got {tuple(w_gate.shape)} and {tuple(w_up.shape)}")
+    n, k = w_gate.shape
+    # rowwise scales are per row, so quantizing the rows of both at once is quantizing each
+    q, scales = quantize_groups(torch.cat([w_gate, w_up]), None)
+    return q.view(2, n, k), scales.view(2, n, 1)
+
+
+def takes_descriptors(x_q: torch.Tensor, n: int) -> bool:
+    """Whether tensor descriptors can describe x_q (M, K) and an (M, n) output of 16 bits."""
+    if TensorDescriptor is None:
+        return False
+    k = x_q.shape[1]
+    return (x_q.stride(1) == 1 and x_q.stride(0) % _TMA_ALIGNMENT == 0
+            and x_q.data_ptr() % _TMA_ALIGNMENT == 0 and k % _TMA_ALIGNMENT == 0
+            and (2 * n) % _TMA_ALIGNMENT == 0)
+
+
+def fp8_stacked_swiglu_forward(x_q, x_scales, w_q, w_scales, *, activation="silu",
+                               out_dtype=torch.bfloat16, store_preact=False):
+    """``y = act(g) * u`` with ``[g, u] = x @ [w_gate; w_up]^T`` from float8 operands with
+    rowwise scales, as fused_swiglu.fp8.reference specifies (granularity "rowwise").
+
+    Args:
+        x_q: ``(M, K)`` float8_e4m3fn, row-major with 16-byte aligned rows (takes_descriptors),
+            with float32 ``x_scales`` ``(M, 1)``, one per token.
+        w_q, w_scales: stack_weights_fp8()'s ``(2, N, K)`` and ``(2, N, 1)``.
+        activation: ``"silu"``, ``"gelu_tanh"`` or ``"gelu"``.
+        out_dtype: ``torch.bfloat16`` or ``torch.float16``.
+        store_preact: also return g and u.
+
+    Returns:
+        ``y`` ``(M, N)`` in ``out_dtype``; with store_preact ``(y, g, u)``.
+    """
+    caller = "fp8_stacked_swiglu_forward"
+    for name, t, dim in (("x_q", x_q, 2), ("w_q", w_q, 3)):
+        if not isinstance(t, torch.Tensor) or t.dim() != dim or t.dtype != torch.float8_e4m3fn:
+            raise TypeError(f"{caller}: {name} must be a {dim}-D torch.float8_e4m3fn tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)} of shape "
+                            f"{tuple(getattr(t, 'shape', ()))}")
+    check_activation(caller, activation)
+    check_flags(caller, store_preact=store_preact)
+    if out_dtype not in GEMM_OUT_DTYPES:
+        raise TypeError(f"{caller}: out_dtype must be torch.bfloat16 or torch.float16, got "
+                        f"{out_dtype!r}")
+    M, K = x_q.shape
+    two, N, w_k = w_q.shape
+    if two != 2 or w_k != K or not w_q.is_contiguous():
+        raise ValueError(f"{caller}: w_q must be stack_weights_fp8()'s contiguous (2, N, K) = "
+                         f"(2, N, {K}) buffer for x_q {tuple(x_q.shape)}, got shape "
+                         f"{tuple(w_q.shape)} and strides {w_q.stride()}")
+    for name, scales, shape in (("x_scales", x_scales, (M, 1)), ("w_scales", w_scales, (2, N, 1))):
+        if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32:
+            raise TypeError(f"{caller}: {name} must be a float32 tensor, got "
+                            f"{getattr(scales, 'dtype', type(scales).__name__)}")
+        if tuple(scales.shape) != shape:
+            raise ValueError(f"{caller}: {name} has shape {tuple(scales.shape)}, expected {shape}")
+    tensors = (x_q, x_scales, w_q, w_scales)
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(f"{caller}: the operands and scales must share a device, got "
+                         f"{[str(t.device) for t in tensors]}")
+    if not (x_q.is_cuda or interpreting()):
+        raise ValueError(f"{caller}: x_q is on {x_q.device}; the kernel runs on a GPU, or on "
+                         f"the CPU under Triton's interpreter (TRITON_INTERPRET=1)")
+    if not takes_descriptors(x_q, N):
+        raise ValueError(f"{caller}: tensor descriptors need x_q row-major with rows of a "
+                         f"multiple of 16 bytes and N a multiple of 8, got x_q strides "
+                         f"{x_q.stride()}, K = {K}, N = {N}; fp8_swiglu_forward takes any")
+
+    # looked up on the module at each call, so that tests can poison the outputs
+    y = launch.new_output((M, N), out_dtype, x_q)
+    gate, up = ((launch.new_output((M, N), out_dtype, x_q),
+                 launch.new_output((M, N), out_dtype, x_q)) if store_preact else (None, None))
+    if M == 0 or N == 0:
+        return (y, gate, up) if store_preact else y
+    if K == 0:  # no products: g = u = 0, and act(0) * 0 = 0
+        for t in (y, gate, up):
+            if t is not None:
+                t.zero_()
+        return (y, gate, up) if store_preact else y
+    block_m, block_n, block_k, group_m, num_warps, num_stages = (
+        INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
+    a_desc = TensorDescriptor.from_tensor(x_q, [block_m, block_k])
+    w_desc = TensorDescriptor.from_tensor(w_q, [2, block_n, block_k])
+    out_descs = [TensorDescriptor.from_tensor(t, [block_m, block_n]) if t is not None else None
+                 for t in (y, gate, up)]
+    tiles = -(-M // block_m) * -(-N // block_n)
+    num_sms = _num_sms(x_q.device)
+    fp8_stacked_swiglu_kernel[(min(num_sms, tiles),)](
+        a_desc, w_desc, *out_descs,
+        x_scales, w_scales, x_scales.stride(0), w_scales.stride(0), w_scales.stride(1),
+        M, N, K, num_sms,
+        ACTIVATION=ACTIVATION_CODES[activation], STORE_PREACT=store_preact,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return (y, gate, up) if store_preact else y
