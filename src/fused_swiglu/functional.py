@@ -8,6 +8,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from . import ops
 from .checks import check_activation, check_down_projection, check_flags, check_swiglu_inputs
+from .fp8.options import check_fp8_inputs, fp8_recipe
+from .fp8.training import swiglu_fp8_2d, swiglu_mlp_fp8_2d
 from .reference import swiglu_values
 from .tuning import interpreting
 
@@ -17,7 +19,7 @@ AUTOCAST_DEVICES = ("cuda", "cpu")
 
 
 def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, activation: str = "silu",
-           fast_accum: bool = False, recompute: bool = False) -> Tensor:
+           fast_accum: bool = False, recompute: bool = False, fp8=False) -> Tensor:
     """Fused SwiGLU: ``silu(x @ w_gate) * (x @ w_up)``, differentiable in all three inputs
     (GeGLU with ``activation="gelu_tanh"`` or ``"gelu"``).
 
@@ -35,6 +37,14 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, activation: str = "silu",
             always accumulate in float32.
         recompute: the backward recomputes both projections instead of keeping
             ``x @ w_gate`` and ``x @ w_up``: autograd holds nothing of size tokens x d_ff.
+        fp8: ``True`` or a recipe name (``"rowwise"``, the one so far): every GEMM of the
+            forward and the backward on float8_e4m3fn operands, each quantized along its K
+            with one scale per token and per channel from the current values
+            (fused_swiglu.fp8.training says which operand is scaled how). bfloat16 or float16
+            inputs; the output and the gradients in their dtype. Not with ``fast_accum``
+            (TypeError), ``torch.compile`` or ``torch.func`` (NotImplementedError), nor
+            ``create_graph=True`` (RuntimeError); :func:`fused_swiglu.fp8.swiglu_fp8_reference`
+            is its forward's specification.
 
     Dtypes: bfloat16, float16, float32 or float64, the same for all three. float32 runs in full
     float32 precision (no TF32); float64 runs plain PyTorch (:func:`swiglu_reference`) on any
@@ -56,8 +66,14 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, activation: str = "silu",
     """
     check_flags("swiglu", fast_accum=fast_accum, recompute=recompute)
     check_activation("swiglu", activation)
+    recipe = fp8_recipe("swiglu", fp8, fast_accum)
     x, w_gate, w_up = _autocast(x, w_gate, w_up)
     check_swiglu_inputs(x, w_gate, w_up, fast_accum)
+    if recipe is not None:
+        check_fp8_inputs("swiglu", x, w_gate, w_up)
+        y = swiglu_fp8_2d(_as_2d(x), w_gate, w_up, activation, recompute,
+                          _needs_grad(x, w_gate, w_up))
+        return y.reshape(*x.shape[:-1], w_gate.shape[1])
     if _takes_pytorch_path(x, w_gate, w_up):
         return swiglu_values(x, w_gate, w_up, activation)
     d_ff = w_gate.shape[1]
@@ -69,7 +85,7 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, activation: str = "silu",
 
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, *,
                activation: str = "silu", fast_accum: bool = False,
-               recompute: bool = False) -> Tensor:
+               recompute: bool = False, fp8=False) -> Tensor:
     """The SwiGLU feed-forward block with its down projection:
     ``(silu(x @ w_gate) * (x @ w_up)) @ w_down``, differentiable in all four inputs.
 
@@ -79,7 +95,8 @@ def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, *,
     of size tokens x d_ff (g and u) instead of three, and with ``recompute=True`` none.
 
     Args:
-        x, w_gate, w_up, activation, fast_accum, recompute: as for :func:`swiglu`.
+        x, w_gate, w_up, activation, fast_accum, recompute, fp8: as for :func:`swiglu`; with
+            fp8 the down projection and its gradients run in float8 too.
         w_down: ``(d_ff, d_model)`` with any strides (``down_proj.weight.T`` of an
             ``nn.Linear(d_ff, d_model)``).
 
@@ -92,9 +109,15 @@ def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, *,
     """
     check_flags("swiglu_mlp", fast_accum=fast_accum, recompute=recompute)
     check_activation("swiglu_mlp", activation)
+    recipe = fp8_recipe("swiglu_mlp", fp8, fast_accum)
     x, w_gate, w_up, w_down = _autocast(x, w_gate, w_up, w_down)
     check_swiglu_inputs(x, w_gate, w_up, fast_accum)
     check_down_projection(w_down, w_gate)
+    if recipe is not None:
+        check_fp8_inputs("swiglu_mlp", x, w_gate, w_up, w_down)
+        out = swiglu_mlp_fp8_2d(_as_2d(x), w_gate, w_up, w_down, activation, recompute,
+                                _needs_grad(x, w_gate, w_up, w_down))
+        return out.reshape(*x.shape[:-1], w_gate.shape[0])
     if _takes_pytorch_path(x, w_gate, w_up, w_down):
         return swiglu_values(x, w_gate, w_up, activation) @ w_down
     d_model = w_gate.shape[0]

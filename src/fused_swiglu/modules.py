@@ -9,6 +9,7 @@ except ImportError:  # a PyTorch built without distributed support
     DTensor = ()
 
 from .checks import check_activation, check_flags
+from .fp8.options import fp8_recipe
 from .functional import swiglu_mlp
 
 
@@ -28,14 +29,17 @@ class SwiGLUMLP(nn.Module):
     on gate_proj and up_proj, RowwiseParallel on down_proj, sequence-parallel layouts too) each
     rank computes its shards with the same kernels and the collectives the plain Linears would
     run: one all-reduce forward and one backward under the default styles
-    (``fused_swiglu.distributed``).
+    (``fused_swiglu.distributed``). ``fp8=True`` (or a recipe name) runs every projection and
+    its gradients in float8, the parameters staying in their dtype (:func:`swiglu`'s fp8);
+    not under tensor parallelism yet (NotImplementedError).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, *, activation: str = "silu",
                  packed: bool = False, device=None, dtype=None, recompute: bool = False,
-                 fast_accum: bool = False):
+                 fast_accum: bool = False, fp8=False):
         check_flags("SwiGLUMLP", packed=packed, recompute=recompute, fast_accum=fast_accum)
         check_activation("SwiGLUMLP", activation)
+        fp8_recipe("SwiGLUMLP", fp8, fast_accum)
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         if packed:
@@ -49,6 +53,7 @@ class SwiGLUMLP(nn.Module):
         self.packed = packed
         self.recompute = recompute
         self.fast_accum = fast_accum
+        self.fp8 = fp8
 
     def projection_weights(self):
         """(w_gate, w_up, w_down) as the (d_model, d_ff) and (d_ff, d_model) matrices that
@@ -64,11 +69,14 @@ class SwiGLUMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weights = self.projection_weights()
         if any(isinstance(w, DTensor) for w in weights):
+            if self.fp8:
+                raise NotImplementedError("SwiGLUMLP(fp8=...) under tensor parallelism is not "
+                                          "supported yet; use fp8=False")
             from .distributed import tensor_parallel_forward
             return tensor_parallel_forward(self, x)
         return swiglu_mlp(x, *weights, activation=self.activation, recompute=self.recompute,
-                          fast_accum=self.fast_accum)
+                          fast_accum=self.fast_accum, fp8=self.fp8)
 
     def extra_repr(self) -> str:
         return (f"activation={self.activation!r}, packed={self.packed}, "
-                f"recompute={self.recompute}, fast_accum={self.fast_accum}")
+                f"recompute={self.recompute}, fast_accum={self.fast_accum}, fp8={self.fp8!r}")

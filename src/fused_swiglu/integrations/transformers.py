@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import ACTIVATIONS, SUPPORTED_DTYPES, check_flags
+from ..fp8.options import fp8_recipe
 from ..modules import SwiGLUMLP
 
 # act_fn in Llama, Mistral, Qwen2/3 and Gemma 1-3; activation_fn in Phi-3
@@ -53,7 +54,7 @@ ACTIVATION_TOLERANCE = 1e-5
 FORWARD_TOLERANCE = 1e-5
 
 
-def patch_model(model: nn.Module, *, recompute: bool = False, fp8: bool = False) -> list[str]:
+def patch_model(model: nn.Module, *, recompute: bool = False, fp8=False) -> list[str]:
     """Replace, in place, every SwiGLU or GeGLU MLP of ``model`` with a :class:`SwiGLUMLP`.
 
     Covers LlamaMLP, MistralMLP, Qwen2MLP, Qwen3MLP, GemmaMLP, Gemma2MLP, Gemma3MLP and
@@ -88,7 +89,8 @@ def patch_model(model: nn.Module, *, recompute: bool = False, fp8: bool = False)
         model: any ``nn.Module``, typically a transformers ``PreTrainedModel``.
         recompute: passed to every SwiGLUMLP: its backward recomputes the two projections
             instead of keeping tensors of size tokens x intermediate_size.
-        fp8: float8 projections, not built yet: True raises NotImplementedError.
+        fp8: passed to every SwiGLUMLP: True or a recipe name runs its projections and their
+            gradients in float8 (:func:`fused_swiglu.swiglu`'s fp8).
 
     Returns:
         The qualified names of the replaced modules, in ``model.named_modules()`` order.
@@ -96,15 +98,13 @@ def patch_model(model: nn.Module, *, recompute: bool = False, fp8: bool = False)
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch_model: model must be a torch.nn.Module, got "
                         f"{type(model).__name__}")
-    check_flags("patch_model", recompute=recompute, fp8=fp8)
-    if fp8:
-        raise NotImplementedError("patch_model: fp8=True needs float8 projections, which "
-                                  "fused_swiglu does not have yet; use fp8=False")
+    check_flags("patch_model", recompute=recompute)
+    fp8_recipe("patch_model", fp8, False)
     replacements, names = {}, []
     for name, module in model.named_modules():
         found = _recognise(module) if name else None
         if found is not None:
-            replacements[id(module)] = _replacement(module, *found, recompute)
+            replacements[id(module)] = _replacement(module, *found, recompute, fp8)
             names.append(name)
     for parent in list(model.modules()):
         for child_name, child in list(parent._modules.items()):
@@ -201,10 +201,11 @@ def _computes_gated_mlp(module: nn.Module, activation: str, packed: bool) -> boo
     return bool((error <= FORWARD_TOLERANCE).all())
 
 
-def _replacement(old: nn.Module, activation: str, packed: bool, recompute: bool) -> SwiGLUMLP:
+def _replacement(old: nn.Module, activation: str, packed: bool, recompute: bool,
+                 fp8) -> SwiGLUMLP:
     down = old.down_proj
     new = SwiGLUMLP(down.out_features, down.in_features, activation=activation, packed=packed,
-                    device="meta", recompute=recompute)
+                    device="meta", recompute=recompute, fp8=fp8)
     for name in PACKED if packed else SEPARATE:
         setattr(new, name, getattr(old, name))  # the very Linears: nothing copied
     return new.train(old.training)

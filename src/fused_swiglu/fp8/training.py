@@ -1,0 +1,185 @@
+"""float8 training and inference of the gated projections and the block, recipe "rowwise":
+every GEMM of the forward and the backward on float8_e4m3fn operands, each quantized along its
+GEMM's K with one float32 scale per row (per token, per channel), computed from the current
+values on each call (fused_swiglu.fp8.recipe). Per GEMM, with x (M, K), the weights (K, N),
+g, u, y and their gradients (M, N):
+
+- forward ``[g, u] = x @ [w_gate, w_up]``: x per token along K, each weight per output
+  channel along K; the fused kernel (the stacked one where tensor descriptors can describe x)
+  computes y = act(g) * u in its epilogue, and keeps g and u in the input dtype.
+- ``dx = dg @ w_gate^T + du @ w_up^T``: dg and du per token along N, the weights per input
+  channel along N (two GEMMs, summed).
+- ``dw = x^T @ dg``: x^T and dg^T per channel along the tokens. x^T is quantized in the
+  forward and kept in float8 (half of x's bytes), in place of x.
+- the block's down projection ``out = y @ w_down`` and its gradients alike; its backward
+  computes y again from g and u (as the 16-bit block does), then quantizes y^T.
+
+dg and du are computed in the input dtype from the stored g and u (the 16-bit backward's
+pass), then quantized. On the CPU without Triton's interpreter every step runs in PyTorch (the
+recipe's quantization, bit for bit the kernel's; float32 products of the dequantized
+operands), with the interpreter the kernels run and the GEMMs of the backward in PyTorch."""
+
+import torch
+
+from .. import launch, ops
+from ..activations import ACTIVATIONS
+from .launch import fp8_swiglu_forward
+from .scaled_matmul import quantize_rows, runs_kernels, scaled_matmul
+from .stacked import fp8_stacked_swiglu_forward, stack_weights_fp8, takes_descriptors
+
+
+def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
+    """(y, g, u) in `dtype` of 2-D x from its quantization; g and u None without
+    store_preact."""
+    m, n = x_q.shape[0], w_gate.shape[1]
+    if runs_kernels(x_q) and m and n and x_q.shape[1]:
+        if takes_descriptors(x_q, n):
+            w_q, w_s = stack_weights_fp8(w_gate.t(), w_up.t())
+            out = fp8_stacked_swiglu_forward(x_q, x_s, w_q, w_s, activation=activation,
+                                             out_dtype=dtype, store_preact=store_preact)
+        else:
+            weights = [part for w in (w_gate, w_up) for part in quantize_rows(w.t())]
+            out = fp8_swiglu_forward(x_q, x_s, *weights, granularity="rowwise",
+                                     activation=activation, out_dtype=dtype,
+                                     store_preact=store_preact)
+        return out if store_preact else (out, None, None)
+    # PyTorch: float32 products of the dequantized operands, then as the kernels' epilogue
+    gate, up = (scaled_matmul(x_q, x_s, *quantize_rows(w.t()), torch.float32)
+                for w in (w_gate, w_up))
+    y = (ACTIVATIONS[activation](gate) * up).to(dtype)
+    if not store_preact:
+        return y, None, None
+    return y, gate.to(dtype), up.to(dtype)
+
+
+def _gate_grads(dy, gate, up, activation):
+    """(dg, du) in dy's dtype from dy and the stored g and u: the 16-bit backward's pass."""
+    if runs_kernels(dy) and dy.numel():
+        return launch.swiglu_grads_from_preact(dy, gate, up, activation=activation)
+    return (ops._torch_gate_grad(dy, gate, up, activation).to(dy.dtype),
+            ops._torch_up_grad(dy, gate, activation).to(dy.dtype))
+
+
+def _product(gate, up, activation):
+    """y = act(g) * u from the stored g and u, in their dtype."""
+    return (ACTIVATIONS[activation](gate.float()) * up.float()).to(gate.dtype)
+
+
+def _weight_grad(d_out_t, a_t, w):
+    """The gradient of w in a @ w from the quantized transposes d_out^T (N, M) and a^T (K, M),
+    in w's own layout (as ops._weight_grad builds it)."""
+    if w.stride(0) == 1 and w.stride(1) != 1:
+        return scaled_matmul(*d_out_t, *a_t, w.dtype).t()
+    return scaled_matmul(*a_t, *d_out_t, w.dtype)
+
+
+def _input_grad(d_outs, weights, dtype):
+    """sum of d_out @ w^T over the pairs, each d_out quantized per row along N and each
+    w (K, N) per row along N."""
+    dx = None
+    for d_out, w in zip(d_outs, weights):
+        part = scaled_matmul(*quantize_rows(d_out), *quantize_rows(w), dtype)
+        dx = part if dx is None else dx.add_(part)
+    return dx
+
+
+def _transposed_quantization(x, needed):
+    """x^T (K, M) quantized per row along the tokens, for the weight gradients; None if not
+    needed."""
+    return quantize_rows(x.t()) if needed else None
+
+
+class Fp8SwiGLU(torch.autograd.Function):
+    """act(x @ w_gate) * (x @ w_up) for 2-D x, every GEMM in float8 (the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, w_gate, w_up, activation, recompute):
+        x_q, x_s = quantize_rows(x)
+        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        y, gate, up = _preact(x_q, x_s, x.dtype, w_gate, w_up, activation, not recompute)
+        x_t = _transposed_quantization(x, need_w)
+        ctx.activation, ctx.recompute = activation, recompute
+        kept = (x_q, x_s) if recompute else (gate, up)
+        ctx.save_for_backward(*kept, *(x_t or (None, None)), w_gate, w_up)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        first, second, x_t_q, x_t_s, w_gate, w_up = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            raise RuntimeError("swiglu(fp8=...): gradients of gradients (create_graph=True) "
+                               "are not supported with float8; use fp8=False")
+        if ctx.recompute:
+            _, gate, up = _preact(first, second, dy.dtype, w_gate, w_up, ctx.activation, True)
+        else:
+            gate, up = first, second
+        d_gate, d_up = _gate_grads(dy.contiguous(), gate, up, ctx.activation)
+        del gate, up
+        need_x, need_wg, need_wu = ctx.needs_input_grad[:3]
+        dx = _input_grad((d_gate, d_up), (w_gate, w_up), dy.dtype) if need_x else None
+        x_t = (x_t_q, x_t_s)
+        dw_gate = _weight_grad(quantize_rows(d_gate.t()), x_t, w_gate) if need_wg else None
+        dw_up = _weight_grad(quantize_rows(d_up.t()), x_t, w_up) if need_wu else None
+        return dx, dw_gate, dw_up, None, None
+
+
+class Fp8SwiGLUMLP(torch.autograd.Function):
+    """(act(x @ w_gate) * (x @ w_up)) @ w_down for 2-D x, every GEMM in float8, keeping g and
+    u (with recompute, x's quantization) but not y, as the 16-bit block does."""
+
+    @staticmethod
+    def forward(ctx, x, w_gate, w_up, w_down, activation, recompute):
+        x_q, x_s = quantize_rows(x)
+        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        y, gate, up = _preact(x_q, x_s, x.dtype, w_gate, w_up, activation, not recompute)
+        out = scaled_matmul(*quantize_rows(y), *quantize_rows(w_down.t()), x.dtype)
+        del y
+        x_t = _transposed_quantization(x, need_w)
+        ctx.activation, ctx.recompute = activation, recompute
+        kept = (x_q, x_s) if recompute else (gate, up)
+        ctx.save_for_backward(*kept, *(x_t or (None, None)), w_gate, w_up, w_down)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        first, second, x_t_q, x_t_s, w_gate, w_up, w_down = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            raise RuntimeError("swiglu_mlp(fp8=...): gradients of gradients "
+                               "(create_graph=True) are not supported with float8; use "
+                               "fp8=False")
+        if ctx.recompute:
+            _, gate, up = _preact(first, second, d_out.dtype, w_gate, w_up, ctx.activation,
+                                  True)
+        else:
+            gate, up = first, second
+        d_out = d_out.contiguous()
+        need_x, need_wg, need_wu, need_wd = ctx.needs_input_grad[:4]
+        dw_down = None
+        if need_wd:
+            y_t = quantize_rows(_product(gate, up, ctx.activation).t())
+            dw_down = _weight_grad(quantize_rows(d_out.t()), y_t, w_down)
+            del y_t
+        d_hidden = _input_grad((d_out,), (w_down,), d_out.dtype)
+        d_gate, d_up = _gate_grads(d_hidden, gate, up, ctx.activation)
+        del gate, up, d_hidden
+        dx = _input_grad((d_gate, d_up), (w_gate, w_up), d_out.dtype) if need_x else None
+        x_t = (x_t_q, x_t_s)
+        dw_gate = _weight_grad(quantize_rows(d_gate.t()), x_t, w_gate) if need_wg else None
+        dw_up = _weight_grad(quantize_rows(d_up.t()), x_t, w_up) if need_wu else None
+        return dx, dw_gate, dw_up, dw_down, None, None
+
+
+def swiglu_fp8_2d(x, w_gate, w_up, activation, recompute, needs_grad):
+    """swiglu(fp8=...) of 2-D x: the Function where autograd needs it, the forward alone
+    otherwise."""
+    if needs_grad:
+        return Fp8SwiGLU.apply(x, w_gate, w_up, activation, recompute)
+    return _preact(*quantize_rows(x), x.dtype, w_gate, w_up, activation, False)[0]
+
+
+def swiglu_mlp_fp8_2d(x, w_gate, w_up, w_down, activation, recompute, needs_grad):
+    """swiglu_mlp(fp8=...) of 2-D x."""
+    if needs_grad:
+        return Fp8SwiGLUMLP.apply(x, w_gate, w_up, w_down, activation, recompute)
+    y = _preact(*quantize_rows(x), x.dtype, w_gate, w_up, activation, False)[0]
+    return scaled_matmul(*quantize_rows(y), *quantize_rows(w_down.t()), x.dtype)
