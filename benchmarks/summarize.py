@@ -17,6 +17,7 @@ import pathlib
 OURS = "fused_swiglu"
 RECOMPUTE = OURS + " recompute"
 FAST_ACCUM = OURS + " fast_accum"
+FP8 = OURS + " fp8"
 BOUND = "cuBLAS packed GEMM (bound)"  # fused_swiglu.bench.BOUND
 TEXT_COLUMNS = ("impl", "dtype", "layout", "path")
 LAYOUT_ORDER = ("linear", "row_major", "packed_linear", "packed_row_major")
@@ -91,6 +92,8 @@ class Group:
         add("peak_vs_liger", self.ratios(train + mid, OURS, "peak_mb", over="liger"), max)
         add("recompute", self.ratios(train + mid, RECOMPUTE, "fwd_bwd_ms", over=OURS), max)
         add("fast_accum", self.ratios(train + mid, FAST_ACCUM, "fwd_ms", over=OURS), max)
+        add("fp8_over_liger", self.ratios(train, "liger", "fwd_bwd_ms", over=FP8), min)
+        add("fp8_fwd_over_bound", self.ratios(train, BOUND, "fwd_ms", over=FP8), min)
         add("decode_vs_read", _finite(self.row(s, OURS)["vs_weight_read"] for s in decode), max)
         add("decode_over_eager", self.ratios(decode, "eager", "fwd_ms"), min)
         return out
@@ -135,6 +138,8 @@ def print_targets(group):
         ("peak_vs_liger", "peak memory / Liger's"),
         ("recompute", "recompute fwd+bwd time / default"),
         ("fast_accum", "fast_accum / fp32 accumulation forward time"),
+        ("fp8_over_liger", f"fp8 fwd+bwd speed-up over liger (bf16), M >= {TRAIN_MIN_TOKENS}"),
+        ("fp8_fwd_over_bound", "fp8 forward speed-up over the 16-bit cuBLAS bound"),
         ("decode_vs_read", "decode / weight-read time"),
         ("decode_over_eager", "decode speed-up over eager"),
     ]
@@ -182,7 +187,7 @@ def markdown_summary(card_groups):
         print("| " + " | ".join(cells) + " |")
 
 
-TRAIN_COLUMNS = (BOUND, "eager", "torch.compile", "liger", OURS, FAST_ACCUM, RECOMPUTE)
+TRAIN_COLUMNS = (BOUND, "eager", "torch.compile", "liger", OURS, FAST_ACCUM, RECOMPUTE, FP8)
 
 
 def _header(first, columns):

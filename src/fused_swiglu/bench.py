@@ -67,14 +67,17 @@ def _liger():
 OURS = "fused_swiglu"
 RECOMPUTE = OURS + " recompute"
 FAST_ACCUM = OURS + " fast_accum"
+FP8 = OURS + " fp8"
 # --impls names -> the implementations' names in the output
 IMPL_NAMES = {"eager": "eager", "torch.compile": "torch.compile", "liger": "liger",
-              "fused_swiglu": OURS, "recompute": RECOMPUTE, "fast_accum": FAST_ACCUM}
+              "fused_swiglu": OURS, "recompute": RECOMPUTE, "fast_accum": FAST_ACCUM,
+              "fp8": FP8}
 
 
 def implementations(dtype, names=None):
     """{name: fn(x, w_gate, w_up)} of every implementation the benchmark compares, or of those
-    among `names` (output names); fast_accum for float16 only, Liger where it is installed."""
+    among `names` (output names); fast_accum for float16 only, fp8 (float8 GEMMs, rowwise
+    scales) for 16-bit dtypes, Liger where it is installed."""
     impls = {"eager": _eager, "torch.compile": _torch_compile}
     liger = _liger()
     if liger is not None:
@@ -83,6 +86,8 @@ def implementations(dtype, names=None):
     if dtype == torch.float16:
         impls[FAST_ACCUM] = lambda x, wg, wu: swiglu(x, wg, wu, fast_accum=True)
     impls[RECOMPUTE] = lambda x, wg, wu: swiglu(x, wg, wu, recompute=True)
+    if dtype in (torch.bfloat16, torch.float16):
+        impls[FP8] = lambda x, wg, wu: swiglu(x, wg, wu, fp8=True)
     if names is not None:
         impls = {name: fn for name, fn in impls.items() if name in names}
     return impls
@@ -334,7 +339,8 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
     rows = []
     for name in names:
         saved, peak = memory.get(name, (math.nan, math.nan))
-        row = dict(impl=name, layout=layout, path=path if name.startswith(OURS) else "",
+        row_path = "fp8 rowwise" if name == FP8 else path if name.startswith(OURS) else ""
+        row = dict(impl=name, layout=layout, path=row_path,
                    m=m, d_model=d_model, d_ff=d_ff, dtype=dtype_name(dtype),
                    fwd_ms=fwd_ms.get(name, math.nan), fwd_bwd_ms=fwd_bwd_ms.get(name, math.nan),
                    fwd_bwd_graph_ms=fwd_bwd_graph_ms.get(name, math.nan),
@@ -539,7 +545,8 @@ def parser():
     p.add_argument("--impls", default=",".join(IMPL_NAMES), metavar="NAME,...",
                    help="implementations to run besides the cuBLAS bound, which every ratio "
                         f"needs, from {', '.join(IMPL_NAMES)} (default: all; fast_accum runs "
-                        "for float16 only, liger where liger-kernel is installed)")
+                        "for float16 only, fp8 for 16-bit dtypes, liger where liger-kernel is "
+                        "installed)")
     p.add_argument("--rounds", type=int, default=ROUNDS,
                    help="interleaved rounds per timing (more steady on a noisy card; "
                         f"default {ROUNDS}, at least {HOST_BOUND_ROUNDS} for the "
