@@ -58,8 +58,8 @@ ACT_SLOPE_MAX = 1.2
 def accumulation_error(x, w_gate, w_up, granularity, activation):
     """(y, g, u): per element, how far the GPU's accumulation may move each from exact()."""
     a = fp8_operand(x, granularity, False).double().abs()
-    g_err, u_err = (ACCUMULATION_EPS * (a @ fp8_operand(w.t(), granularity, True).double().abs().t())
-                    for w in (w_gate, w_up))
+    g_err, u_err = (ACCUMULATION_EPS * (a @ fp8_operand(w.t(), granularity, True).double().abs()
+                                        .t()) for w in (w_gate, w_up))
     _, gate, up = exact(x, w_gate, w_up, granularity, activation)
     y_err = ACT_SLOPE_MAX * up.abs() * g_err + ACTIVATIONS[activation](gate).abs() * u_err
     return y_err, g_err, u_err
