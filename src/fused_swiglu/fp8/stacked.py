@@ -9,7 +9,8 @@ from ..kernels.fp8_stacked_gemm import fp8_stacked_swiglu_kernel
 from ..launch import _TMA_ALIGNMENT, ACTIVATION_CODES, TensorDescriptor, _num_sms
 from ..tuning import interpreting
 from . import launch
-from .launch import GEMM_OUT_DTYPES, quantize_groups
+from .launch import GEMM_OUT_DTYPES
+from .scaled_matmul import quantize_rows
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): untuned; BLOCK_N = 128 makes the
 # MMA 256 wide, the plain float8 TMA GEMM's tile that reached 1.84x bf16 cuBLAS on an H200. The
@@ -30,7 +31,7 @@ def stack_weights_fp8(w_gate: torch.Tensor, w_up: torch.Tensor):
                          f"shape, got {tuple(w_gate.shape)} and {tuple(w_up.shape)}")
     n, k = w_gate.shape
     # rowwise scales are per row, so quantizing the rows of both at once is quantizing each
-    q, scales = quantize_groups(torch.cat([w_gate, w_up]), None)
+    q, scales = quantize_rows(torch.cat([w_gate, w_up]))
     return q.view(2, n, k), scales.view(2, n, 1)
 
 

@@ -28,28 +28,31 @@ from .scaled_matmul import quantize_rows, runs_kernels, scaled_matmul
 from .stacked import fp8_stacked_swiglu_forward, stack_weights_fp8, takes_descriptors
 
 
-def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
-    """(y, g, u) in `dtype` of 2-D x from its quantization; g and u None without
-    store_preact."""
-    m, n = x_q.shape[0], w_gate.shape[1]
+def gated_forward(x_q, x_s, w_q, w_s, dtype, activation, store_preact):
+    """(y, g, u) in `dtype` from x's rowwise quantization and stack_weights_fp8()'s buffer of
+    both weights; g and u None without store_preact."""
+    m, n = x_q.shape[0], w_q.shape[1]
     if runs_kernels(x_q) and m and n and x_q.shape[1]:
         if takes_descriptors(x_q, n):
-            w_q, w_s = stack_weights_fp8(w_gate.t(), w_up.t())
             out = fp8_stacked_swiglu_forward(x_q, x_s, w_q, w_s, activation=activation,
                                              out_dtype=dtype, store_preact=store_preact)
         else:
-            weights = [part for w in (w_gate, w_up) for part in quantize_rows(w.t())]
-            out = fp8_swiglu_forward(x_q, x_s, *weights, granularity="rowwise",
-                                     activation=activation, out_dtype=dtype,
-                                     store_preact=store_preact)
+            out = fp8_swiglu_forward(x_q, x_s, w_q[0], w_s[0], w_q[1], w_s[1],
+                                     granularity="rowwise", activation=activation,
+                                     out_dtype=dtype, store_preact=store_preact)
         return out if store_preact else (out, None, None)
     # PyTorch: float32 products of the dequantized operands, then as the kernels' epilogue
-    gate, up = (scaled_matmul(x_q, x_s, *quantize_rows(w.t()), torch.float32)
-                for w in (w_gate, w_up))
+    gate, up = (scaled_matmul(x_q, x_s, w_q[i], w_s[i], torch.float32) for i in (0, 1))
     y = (ACTIVATIONS[activation](gate) * up).to(dtype)
     if not store_preact:
         return y, None, None
     return y, gate.to(dtype), up.to(dtype)
+
+
+def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
+    """gated_forward() with the (K, N) weights quantized now."""
+    return gated_forward(x_q, x_s, *stack_weights_fp8(w_gate.t(), w_up.t()), dtype,
+                         activation, store_preact)
 
 
 def _gate_grads(dy, gate, up, activation):
