@@ -64,7 +64,9 @@ def test_forward_only_and_checked():
         quantized[0](torch.randn(4, 48, device=DEVICE))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         quantize_fp8(torch.zeros(3))
+    mixed = torch.nn.Sequential(SwiGLUMLP(48, 40, dtype=torch.bfloat16), SwiGLUMLP(48, 40))
     with pytest.raises(TypeError, match="bfloat16 or float16, got torch.float32"):
-        quantize_fp8(SwiGLUMLP(48, 40))
+        quantize_fp8(mixed)
+    assert type(mixed[0]) is SwiGLUMLP  # checked before anything changed
     assert "float8 weights" in repr(quantized[0])
     assert quantize_fp8(quantized) is quantized  # nothing left to convert

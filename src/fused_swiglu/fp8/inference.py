@@ -44,8 +44,8 @@ class QuantizedSwiGLUMLP(nn.Module):
                 f"dtype={self.dtype}, float8 weights")
 
 
-def _convert(mlp) -> None:
-    """mlp, a SwiGLUMLP, turned into a QuantizedSwiGLUMLP in place."""
+def _check(mlp) -> None:
+    """That _convert can take mlp, a SwiGLUMLP."""
     w_gate, w_up, w_down = mlp.projection_weights()
     if any(type(w) is not torch.Tensor and not isinstance(w, nn.Parameter)
            for w in (w_gate, w_up, w_down)):
@@ -56,6 +56,11 @@ def _convert(mlp) -> None:
         raise TypeError(f"quantize_fp8: SwiGLUMLP weights must be bfloat16 or float16, got "
                         f"{w_gate.dtype}")
     check_activation("quantize_fp8", mlp.activation)
+
+
+def _convert(mlp) -> None:
+    """mlp, a SwiGLUMLP that _check passed, turned into a QuantizedSwiGLUMLP in place."""
+    w_gate, w_up, w_down = mlp.projection_weights()
     with torch.no_grad():
         gate_up, gate_up_scales = stack_weights_fp8(w_gate.t(), w_up.t())
         down, down_scales = quantize_rows(w_down.t())
@@ -88,6 +93,9 @@ def quantize_fp8(module: nn.Module) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise TypeError(f"quantize_fp8: module must be a torch.nn.Module, got "
                         f"{type(module).__name__}")
-    for mlp in [m for m in module.modules() if isinstance(m, SwiGLUMLP)]:
+    mlps = [m for m in module.modules() if isinstance(m, SwiGLUMLP)]
+    for mlp in mlps:  # all checked before any is changed
+        _check(mlp)
+    for mlp in mlps:
         _convert(mlp)
     return module
