@@ -13,7 +13,8 @@ from ..tuning import interpreting
 from .launch import quantize_groups
 from .recipe import quantize_rowwise
 
-# cuBLAS's float8 GEMM needs the shared dimension and the output's rows in multiples of 16 bytes
+# cuBLAS's float8 GEMM needs the shared dimension in multiples of 16; the row counts are
+# padded alike, to stay on the sizes its rowwise kernels are known to take
 _CUBLAS_MULTIPLE = 16
 
 
@@ -41,9 +42,9 @@ def scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype):
     """``(a_q * a_scales) @ (b_q * b_scales)^T`` in ``out_dtype``, summed in float32.
 
     On a GPU cuBLAS's float8 GEMM (``torch._scaled_mm``), whose rowwise scaling writes
-    bfloat16 only (float16 results are rounded from it): the shared dimension is padded with
-    zeros to a multiple of 16 and B with zero rows to a multiple of 8 where needed (the result
-    is then a column slice of a wider tensor). Elsewhere PyTorch on the dequantized operands in
+    bfloat16 only (float16 results are rounded from it): the shared dimension and the row
+    counts of A and B are padded with zeros to multiples of 16 where they are not (the result
+    is then a slice of a larger one). Elsewhere PyTorch on the dequantized operands in
     float32 (the same sums, up to their order)."""
     p, r = a_q.shape
     q = b_q.shape[0]
@@ -53,17 +54,29 @@ def scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype):
         return (a @ b.t()).to(out_dtype)
     if p == 0 or q == 0 or r == 0:
         return torch.zeros(p, q, dtype=out_dtype, device=a_q.device)
-    width = -(-r // _CUBLAS_MULTIPLE) * _CUBLAS_MULTIPLE
+    width = _round_up(r)
     if width != r:
         a_q, b_q = _padded(a_q, width), _padded(b_q, width)
-    rows = -(-q // 8) * 8  # bfloat16 output rows of 16 bytes
-    if rows != q:
-        b_q = torch.cat([b_q, torch.zeros(rows - q, width, dtype=torch.uint8,
-                                          device=b_q.device).view(b_q.dtype)])
-        b_scales = torch.cat([b_scales, b_scales.new_ones(rows - q, 1)])
+    # zero rows of A and B where the row counts are ragged: their results are dropped
+    a_q, a_scales = _extra_rows(a_q, a_scales, _round_up(p))
+    b_q, b_scales = _extra_rows(b_q, b_scales, _round_up(q))
     out = torch._scaled_mm(a_q, b_q.t(), scale_a=a_scales, scale_b=b_scales.t().contiguous(),
-                           out_dtype=torch.bfloat16)[:, :q]
+                           out_dtype=torch.bfloat16)[:p, :q]
     return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // _CUBLAS_MULTIPLE) * _CUBLAS_MULTIPLE
+
+
+def _extra_rows(q: torch.Tensor, scales: torch.Tensor, rows: int):
+    """q (n, R) float8 and its scales (n, 1) with zero rows (scale 1) appended up to `rows`."""
+    n = q.shape[0]
+    if rows == n:
+        return q, scales
+    zeros = torch.zeros(rows - n, q.shape[1], dtype=torch.uint8, device=q.device)
+    return (torch.cat([q.view(torch.uint8), zeros]).view(q.dtype),
+            torch.cat([scales, scales.new_ones(rows - n, 1)]))
 
 
 def matmul_fp8(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
