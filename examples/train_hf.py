@@ -11,7 +11,8 @@ batches, so the losses of the variants differ only by the rounding of their kern
 
 Variants: ``eager`` (HuggingFace's LlamaMLP as it is), ``fused`` (after
 ``fused_swiglu.patch_model(model)``), ``fused-recompute`` (``patch_model(model,
-recompute=True)``: no tokens x d_ff tensor kept for the backward) and ``liger`` (Liger-Kernel's
+recompute=True)``: no tokens x d_ff tensor kept for the backward), ``fused-fp8``
+(``patch_model(model, fp8=True)``: the MLPs' GEMMs in float8) and ``liger`` (Liger-Kernel's
 SwiGLU MLP, nothing else of Liger's; needs ``pip install liger-kernel`` and a CUDA GPU).
 
 Timing: ``--warmup`` steps first (they train too, and run the Triton compilation and autotuning),
@@ -44,7 +45,7 @@ PRESETS = {
     "8l-2048": dict(layers=8, hidden=2048, intermediate=5632, heads=16, seq=2048, batch=4,
                     steps=20, warmup=3),
 }
-VARIANTS = ("eager", "fused", "fused-recompute", "liger")
+VARIANTS = ("eager", "fused", "fused-recompute", "fused-fp8", "liger")
 VOCAB = 256  # bytes
 GIB = 2 ** 30
 
@@ -146,9 +147,12 @@ def apply_variant(variant: str, model: torch.nn.Module, device: torch.device) ->
     ``Skip`` with a reason when the variant cannot run here."""
     if variant == "eager":
         return []
-    if variant in ("fused", "fused-recompute"):
+    if variant == "fused-fp8" and next(model.parameters()).dtype == torch.float32:
+        raise Skip("float8 takes bfloat16 or float16 weights: run it with --dtype bfloat16")
+    if variant in ("fused", "fused-recompute", "fused-fp8"):
         from fused_swiglu import patch_model
-        names = patch_model(model, recompute=variant == "fused-recompute")
+        names = patch_model(model, recompute=variant == "fused-recompute",
+                            fp8=variant == "fused-fp8")
     else:
         names = apply_liger_swiglu(model, device)
     if not names:
