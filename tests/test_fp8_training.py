@@ -174,3 +174,54 @@ def test_not_under_torch_compile():
                              fullgraph=True)
     with pytest.raises(Exception, match="fp8 under torch.compile"):
         compiled(x)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("block", [False, True], ids=["swiglu", "swiglu_mlp"])
+def test_saves_no_more_than_16_bits(block, recompute):
+    # what autograd keeps beyond the inputs' memory: the 16-bit path's g and u (none with
+    # recompute), and no more with float8
+    x, weights, _ = problem(37, 48, 40, mlp=block)
+    inputs = {t.untyped_storage().data_ptr() for t in (x, *weights)}
+
+    def saved_bytes(fp8):
+        sizes = []
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in inputs:
+                sizes.append(t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            (swiglu_mlp if block else swiglu)(x, *weights, fp8=fp8, recompute=recompute)
+        return sum(sizes)
+    assert saved_bytes(True) <= saved_bytes(False)
+    assert saved_bytes(False) == (0 if recompute else 2 * 37 * 40 * 2)
+
+
+# CUDA graphs exist on the GPU only: this test is defined there and nowhere else.
+if ON_GPU:
+
+    @pytest.mark.parametrize("recompute", [False, True])
+    def test_forward_and_backward_replay_as_cuda_graph(recompute):
+        x, weights, d_out = problem(256, 512, 1024, mlp=True)
+        leaves = (x, *weights)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compilation and cuBLAS's workspace outside the capture
+                torch.autograd.grad(swiglu_mlp(x, *weights, fp8=True, recompute=recompute),
+                                    leaves, d_out)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = swiglu_mlp(x, *weights, fp8=True, recompute=recompute)
+            grads = torch.autograd.grad(out, leaves, d_out)
+        with torch.no_grad():
+            x.copy_(torch.randn_like(x))
+            d_out.copy_(torch.randn_like(d_out))
+        graph.replay()
+        want = swiglu_fp8_training_reference(x.detach(), *(w.detach() for w in weights[:2]),
+                                             d_out, weights[2].detach())
+        assert relative_error(out, want["out"]) <= RECIPE_TOLERANCE
+        for name, grad in zip(["x", "w_gate", "w_up", "w_down"], grads):
+            assert relative_error(grad, want[name]) <= RECIPE_TOLERANCE, name

@@ -9,15 +9,16 @@ g, u, y and their gradients (M, N):
   computes y = act(g) * u in its epilogue, and keeps g and u in the input dtype.
 - ``dx = dg @ w_gate^T + du @ w_up^T``: dg and du per token along N, the weights per input
   channel along N (two GEMMs, summed).
-- ``dw = x^T @ dg``: x^T and dg^T per channel along the tokens. x^T is quantized in the
-  forward and kept in float8 (half of x's bytes), in place of x.
+- ``dw = x^T @ dg``: x^T and dg^T per channel along the tokens.
 - the block's down projection ``out = y @ w_down`` and its gradients alike; its backward
   computes y again from g and u (as the 16-bit block does), then quantizes y^T.
 
 dg and du are computed in the input dtype from the stored g and u (the 16-bit backward's
-pass), then quantized. On the CPU without Triton's interpreter every step runs in PyTorch (the
-recipe's quantization, bit for bit the kernel's; float32 products of the dequantized
-operands), with the interpreter the kernels run and the GEMMs of the backward in PyTorch."""
+pass), then quantized. Autograd keeps what the 16-bit path keeps (x, the weights, and g and u
+unless recompute); each GEMM quantizes what it reads when it runs. On the CPU without
+Triton's interpreter every step runs in PyTorch (the recipe's quantization, bit for bit the
+kernel's; float32 products of the dequantized operands), with the interpreter the kernels run
+and the GEMMs of the backward in PyTorch."""
 
 import torch
 
@@ -86,90 +87,82 @@ def _input_grad(d_outs, weights, dtype):
     return dx
 
 
-def _transposed_quantization(x, needed):
-    """x^T (K, M) quantized per row along the tokens, for the weight gradients; None if not
-    needed."""
-    return quantize_rows(x.t()) if needed else None
-
-
 class Fp8SwiGLU(torch.autograd.Function):
-    """act(x @ w_gate) * (x @ w_up) for 2-D x, every GEMM in float8 (the module docstring)."""
+    """act(x @ w_gate) * (x @ w_up) for 2-D x, every GEMM in float8 (the module docstring).
+    Keeps what the 16-bit node keeps: x and the weights (inputs), and g and u unless
+    recompute; the backward quantizes x again, as each of its GEMMs needs it."""
 
     @staticmethod
     def forward(ctx, x, w_gate, w_up, activation, recompute):
-        x_q, x_s = quantize_rows(x)
-        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        y, gate, up = _preact(x_q, x_s, x.dtype, w_gate, w_up, activation, not recompute)
-        x_t = _transposed_quantization(x, need_w)
+        y, gate, up = _preact(*quantize_rows(x), x.dtype, w_gate, w_up, activation,
+                              not recompute)
         ctx.activation, ctx.recompute = activation, recompute
-        kept = (x_q, x_s) if recompute else (gate, up)
-        ctx.save_for_backward(*kept, *(x_t or (None, None)), w_gate, w_up)
+        ctx.save_for_backward(x, w_gate, w_up, gate, up)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        first, second, x_t_q, x_t_s, w_gate, w_up = ctx.saved_tensors
+        x, w_gate, w_up, gate, up = ctx.saved_tensors
         if torch.is_grad_enabled():
             raise RuntimeError("swiglu(fp8=...): gradients of gradients (create_graph=True) "
                                "are not supported with float8; use fp8=False")
         if ctx.recompute:
-            _, gate, up = _preact(first, second, dy.dtype, w_gate, w_up, ctx.activation, True)
-        else:
-            gate, up = first, second
+            _, gate, up = _preact(*quantize_rows(x), dy.dtype, w_gate, w_up, ctx.activation,
+                                  True)
         d_gate, d_up = _gate_grads(dy.contiguous(), gate, up, ctx.activation)
         del gate, up
-        need_x, need_wg, need_wu = ctx.needs_input_grad[:3]
-        dx = _input_grad((d_gate, d_up), (w_gate, w_up), dy.dtype) if need_x else None
-        x_t = (x_t_q, x_t_s)
-        dw_gate = _weight_grad(quantize_rows(d_gate.t()), x_t, w_gate) if need_wg else None
-        dw_up = _weight_grad(quantize_rows(d_up.t()), x_t, w_up) if need_wu else None
-        return dx, dw_gate, dw_up, None, None
+        return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
+                None, None)
+
+
+def _projection_grads(d_gate, d_up, x, w_gate, w_up, needs_input_grad):
+    """(dx, dw_gate, dw_up), None where not needed, in float8 GEMMs."""
+    need_x, need_wg, need_wu = needs_input_grad[:3]
+    dx = _input_grad((d_gate, d_up), (w_gate, w_up), x.dtype) if need_x else None
+    x_t = quantize_rows(x.t()) if need_wg or need_wu else None
+    dw_gate = _weight_grad(quantize_rows(d_gate.t()), x_t, w_gate) if need_wg else None
+    dw_up = _weight_grad(quantize_rows(d_up.t()), x_t, w_up) if need_wu else None
+    return dx, dw_gate, dw_up
+
+
+def _down_projection(y, w_down, dtype):
+    """y @ w_down in float8: y per token along d_ff, w_down per output channel."""
+    return scaled_matmul(*quantize_rows(y), *quantize_rows(w_down.t()), dtype)
 
 
 class Fp8SwiGLUMLP(torch.autograd.Function):
-    """(act(x @ w_gate) * (x @ w_up)) @ w_down for 2-D x, every GEMM in float8, keeping g and
-    u (with recompute, x's quantization) but not y, as the 16-bit block does."""
+    """(act(x @ w_gate) * (x @ w_up)) @ w_down for 2-D x, every GEMM in float8, keeping x, the
+    weights and, unless recompute, g and u, but not y, as the 16-bit block does."""
 
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down, activation, recompute):
-        x_q, x_s = quantize_rows(x)
-        need_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        y, gate, up = _preact(x_q, x_s, x.dtype, w_gate, w_up, activation, not recompute)
-        out = scaled_matmul(*quantize_rows(y), *quantize_rows(w_down.t()), x.dtype)
-        del y
-        x_t = _transposed_quantization(x, need_w)
+        y, gate, up = _preact(*quantize_rows(x), x.dtype, w_gate, w_up, activation,
+                              not recompute)
         ctx.activation, ctx.recompute = activation, recompute
-        kept = (x_q, x_s) if recompute else (gate, up)
-        ctx.save_for_backward(*kept, *(x_t or (None, None)), w_gate, w_up, w_down)
-        return out
+        ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
+        return _down_projection(y, w_down, x.dtype)
 
     @staticmethod
     def backward(ctx, d_out):
-        first, second, x_t_q, x_t_s, w_gate, w_up, w_down = ctx.saved_tensors
+        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
         if torch.is_grad_enabled():
             raise RuntimeError("swiglu_mlp(fp8=...): gradients of gradients "
                                "(create_graph=True) are not supported with float8; use "
                                "fp8=False")
         if ctx.recompute:
-            _, gate, up = _preact(first, second, d_out.dtype, w_gate, w_up, ctx.activation,
-                                  True)
-        else:
-            gate, up = first, second
+            _, gate, up = _preact(*quantize_rows(x), d_out.dtype, w_gate, w_up,
+                                  ctx.activation, True)
         d_out = d_out.contiguous()
-        need_x, need_wg, need_wu, need_wd = ctx.needs_input_grad[:4]
         dw_down = None
-        if need_wd:
+        if ctx.needs_input_grad[3]:
             y_t = quantize_rows(_product(gate, up, ctx.activation).t())
             dw_down = _weight_grad(quantize_rows(d_out.t()), y_t, w_down)
             del y_t
         d_hidden = _input_grad((d_out,), (w_down,), d_out.dtype)
         d_gate, d_up = _gate_grads(d_hidden, gate, up, ctx.activation)
         del gate, up, d_hidden
-        dx = _input_grad((d_gate, d_up), (w_gate, w_up), d_out.dtype) if need_x else None
-        x_t = (x_t_q, x_t_s)
-        dw_gate = _weight_grad(quantize_rows(d_gate.t()), x_t, w_gate) if need_wg else None
-        dw_up = _weight_grad(quantize_rows(d_up.t()), x_t, w_up) if need_wu else None
-        return dx, dw_gate, dw_up, dw_down, None, None
+        return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
+                dw_down, None, None)
 
 
 def swiglu_fp8_2d(x, w_gate, w_up, activation, recompute, needs_grad):
@@ -185,4 +178,4 @@ def swiglu_mlp_fp8_2d(x, w_gate, w_up, w_down, activation, recompute, needs_grad
     if needs_grad:
         return Fp8SwiGLUMLP.apply(x, w_gate, w_up, w_down, activation, recompute)
     y = _preact(*quantize_rows(x), x.dtype, w_gate, w_up, activation, False)[0]
-    return scaled_matmul(*quantize_rows(y), *quantize_rows(w_down.t()), x.dtype)
+    return _down_projection(y, w_down, x.dtype)
