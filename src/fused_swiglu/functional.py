@@ -41,9 +41,9 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, *, activation: str = "silu",
             forward and the backward on float8_e4m3fn operands, each quantized along its K
             with one scale per token and per channel from the current values
             (fused_swiglu.fp8.training says which operand is scaled how). bfloat16 or float16
-            inputs; the output and the gradients in their dtype. Not with ``fast_accum``
-            (TypeError), ``torch.compile`` or ``torch.func`` (NotImplementedError), nor
-            ``create_graph=True`` (RuntimeError); :func:`fused_swiglu.fp8.swiglu_fp8_reference`
+            inputs; the output and the gradients in their dtype; torch.compile traces it. Not
+            with ``fast_accum`` (TypeError), ``torch.func`` (NotImplementedError), nor
+            ``create_graph=True`` (RuntimeError); :func:`fused_swiglu.swiglu_fp8_reference`
             is its forward's specification.
 
     Dtypes: bfloat16, float16, float32 or float64, the same for all three. float32 runs in full

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from ..checks import check_activation
 from .scaled_matmul import quantize_rows, scaled_matmul
 from .stacked import stack_weights_fp8
-from .training import gated_forward
+from .gated import gated_forward
 
 
 class QuantizedSwiGLUMLP(nn.Module):

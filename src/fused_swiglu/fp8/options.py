@@ -34,7 +34,7 @@ def fp8_recipe(caller: str, fp8, fast_accum) -> str | None:
 
 def check_fp8_inputs(caller: str, x, *weights) -> None:
     """The inputs fp8 takes: bfloat16 or float16 (the output and gradients come back in it),
-    on a device with float8 tensor cores or on the CPU, outside torch.compile and torch.func."""
+    on a device with float8 tensor cores or on the CPU, not under torch.func."""
     if x.dtype not in INPUT_DTYPES:
         raise TypeError(f"{caller}: fp8 takes bfloat16 or float16 inputs, got {x.dtype}")
     if x.is_cuda and torch.cuda.get_device_capability(x.device) < MIN_CAPABILITY:
@@ -44,8 +44,8 @@ def check_fp8_inputs(caller: str, x, *weights) -> None:
             f"{'.'.join(map(str, torch.cuda.get_device_capability(x.device)))}")
     if x.device.type not in ("cuda", "cpu"):
         raise NotImplementedError(f"{caller}: fp8 runs on CUDA or CPU tensors, got {x.device}")
-    if torch.compiler.is_compiling() or any(
+    if not torch.compiler.is_compiling() and any(
             isinstance(t, FakeTensor) or torch._C._functorch.is_functorch_wrapped_tensor(t)
             for t in (x, *weights)):
-        raise NotImplementedError(f"{caller}: fp8 under torch.compile or torch.func is not "
-                                  f"supported yet; call it eagerly")
+        raise NotImplementedError(f"{caller}: fp8 with fake tensors outside torch.compile, or "
+                                  f"under torch.func transforms, is not supported")

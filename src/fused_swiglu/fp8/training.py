@@ -22,46 +22,22 @@ and the GEMMs of the backward in PyTorch."""
 
 import torch
 
-from .. import launch, ops
+from .. import ops
 from ..activations import ACTIVATIONS
-from .launch import fp8_swiglu_forward
-from .scaled_matmul import quantize_rows, runs_kernels, scaled_matmul
-from .stacked import fp8_stacked_swiglu_forward, stack_weights_fp8, takes_descriptors
-
-
-def gated_forward(x_q, x_s, w_q, w_s, dtype, activation, store_preact):
-    """(y, g, u) in `dtype` from x's rowwise quantization and stack_weights_fp8()'s buffer of
-    both weights; g and u None without store_preact."""
-    m, n = x_q.shape[0], w_q.shape[1]
-    if runs_kernels(x_q) and m and n and x_q.shape[1]:
-        if takes_descriptors(x_q, n):
-            out = fp8_stacked_swiglu_forward(x_q, x_s, w_q, w_s, activation=activation,
-                                             out_dtype=dtype, store_preact=store_preact)
-        else:
-            out = fp8_swiglu_forward(x_q, x_s, w_q[0], w_s[0], w_q[1], w_s[1],
-                                     granularity="rowwise", activation=activation,
-                                     out_dtype=dtype, store_preact=store_preact)
-        return out if store_preact else (out, None, None)
-    # PyTorch: float32 products of the dequantized operands, then as the kernels' epilogue
-    gate, up = (scaled_matmul(x_q, x_s, w_q[i], w_s[i], torch.float32) for i in (0, 1))
-    y = (ACTIVATIONS[activation](gate) * up).to(dtype)
-    if not store_preact:
-        return y, None, None
-    return y, gate.to(dtype), up.to(dtype)
+from . import ops as fp8_ops
+from .ops import quantize_rows, scaled_matmul
 
 
 def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
-    """gated_forward() with the (K, N) weights quantized now."""
-    return gated_forward(x_q, x_s, *stack_weights_fp8(w_gate.t(), w_up.t()), dtype,
-                         activation, store_preact)
+    """(y, g, u) with the (K, N) weights quantized now; g and u None without store_preact."""
+    y, gate, up = fp8_ops.gated_forward(x_q, x_s, w_gate, w_up, dtype, activation,
+                                        store_preact)
+    return (y, gate, up) if store_preact else (y, None, None)
 
 
 def _gate_grads(dy, gate, up, activation):
-    """(dg, du) in dy's dtype from dy and the stored g and u: the 16-bit backward's pass."""
-    if runs_kernels(dy) and dy.numel():
-        return launch.swiglu_grads_from_preact(dy, gate, up, activation=activation)
-    return (ops._torch_gate_grad(dy, gate, up, activation).to(dy.dtype),
-            ops._torch_up_grad(dy, gate, activation).to(dy.dtype))
+    """(dg, du) in dy's dtype from dy and the stored g and u: the 16-bit backward's ops."""
+    return ops.gate_grad(dy, gate, up, activation), ops.up_grad(dy, gate, activation)
 
 
 def _product(gate, up, activation):

@@ -1,0 +1,53 @@
+"""The float8 steps as custom ops, so that torch.compile traces fp8=True as opaque calls (their
+fake implementations give the shapes) while eager calls run them directly."""
+
+import torch
+from torch import Tensor
+
+from . import scaled_matmul as _matmul
+from .gated import gated_forward as _gated_forward
+from .stacked import stack_weights_fp8
+
+
+@torch.library.custom_op("fused_swiglu::fp8_quantize_rows", mutates_args=())
+def quantize_rows(t: Tensor) -> tuple[Tensor, Tensor]:
+    """(q, scales): t (rows, K) in float8_e4m3fn, one float32 scale per row."""
+    return _matmul.quantize_rows(t)
+
+
+@quantize_rows.register_fake
+def _(t):
+    return (t.new_empty(t.shape, dtype=torch.float8_e4m3fn),
+            t.new_empty((t.shape[0], 1), dtype=torch.float32))
+
+
+@torch.library.custom_op("fused_swiglu::fp8_scaled_matmul", mutates_args=())
+def scaled_matmul(a_q: Tensor, a_scales: Tensor, b_q: Tensor, b_scales: Tensor,
+                  out_dtype: torch.dtype) -> Tensor:
+    """(a_q * a_scales) @ (b_q * b_scales)^T in out_dtype, row-major."""
+    return _matmul.scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype).contiguous()
+
+
+@scaled_matmul.register_fake
+def _(a_q, a_scales, b_q, b_scales, out_dtype):
+    return a_q.new_empty((a_q.shape[0], b_q.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("fused_swiglu::fp8_gated_forward", mutates_args=())
+def gated_forward(x_q: Tensor, x_scales: Tensor, w_gate: Tensor, w_up: Tensor,
+                  dtype: torch.dtype, activation: str,
+                  store_preact: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, g, u) in dtype from x's quantization and the (K, N) weights, quantized here; g and
+    u empty unless store_preact."""
+    y, gate, up = _gated_forward(x_q, x_scales, *stack_weights_fp8(w_gate.t(), w_up.t()),
+                                 dtype, activation, store_preact)
+    if not store_preact:
+        gate, up = y.new_empty((0,)), y.new_empty((0,))
+    return y, gate, up
+
+
+@gated_forward.register_fake
+def _(x_q, x_scales, w_gate, w_up, dtype, activation, store_preact):
+    shape = (x_q.shape[0], w_gate.shape[1])
+    preact = shape if store_preact else (0,)
+    return tuple(x_q.new_empty(s, dtype=dtype) for s in (shape, preact, preact))
