@@ -108,6 +108,25 @@ def _check_scales(caller: str, name: str, scales, expected) -> None:
         raise ValueError(f"{caller}: {name} has shape {tuple(scales.shape)}, expected {expected}")
 
 
+def check_gemm_options(caller: str, activation, store_preact, out_dtype) -> None:
+    """The options the float8 GEMM kernels share."""
+    check_activation(caller, activation)
+    check_flags(caller, store_preact=store_preact)
+    if out_dtype not in GEMM_OUT_DTYPES:
+        raise TypeError(f"{caller}: out_dtype must be torch.bfloat16 or torch.float16, got "
+                        f"{out_dtype!r}")
+
+
+def check_runnable(caller: str, tensors) -> None:
+    """The operands and scales on one device where the kernels run (tensors[0] is x_q)."""
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(f"{caller}: the operands and scales must share a device, got "
+                         f"{[str(t.device) for t in tensors]}")
+    if not (tensors[0].is_cuda or interpreting()):
+        raise ValueError(f"{caller}: x_q is on {tensors[0].device}; the kernel runs on a GPU, "
+                         f"or on the CPU under Triton's interpreter (TRITON_INTERPRET=1)")
+
+
 def fp8_swiglu_forward(x_q, x_scales, wg_q, wg_scales, wu_q, wu_scales, *, granularity,
                        activation="silu", out_dtype=torch.bfloat16, store_preact=False):
     """``y = act(g) * u`` with ``g = x @ w_gate^T`` and ``u = x @ w_up^T`` from float8
@@ -134,11 +153,7 @@ def fp8_swiglu_forward(x_q, x_scales, wg_q, wg_scales, wu_q, wu_scales, *, granu
     if granularity not in GRANULARITIES:
         raise ValueError(f"{caller}: unknown granularity {granularity!r}; use "
                          f"{' or '.join(GRANULARITIES)}")
-    check_activation(caller, activation)
-    check_flags(caller, store_preact=store_preact)
-    if out_dtype not in GEMM_OUT_DTYPES:
-        raise TypeError(f"{caller}: out_dtype must be torch.bfloat16 or torch.float16, got "
-                        f"{out_dtype!r}")
+    check_gemm_options(caller, activation, store_preact, out_dtype)
     M, K = x_q.shape
     N = wg_q.shape[0]
     for name, w in (("wg_q", wg_q), ("wu_q", wu_q)):
@@ -154,13 +169,7 @@ def fp8_swiglu_forward(x_q, x_scales, wg_q, wg_scales, wu_q, wu_scales, *, granu
     _check_scales(caller, "x_scales", x_scales, (M, 1) if rowwise else (M, k_groups))
     for name, scales in (("wg_scales", wg_scales), ("wu_scales", wu_scales)):
         _check_scales(caller, name, scales, (N, 1) if rowwise else (n_blocks, k_groups))
-    tensors = (x_q, x_scales, wg_q, wg_scales, wu_q, wu_scales)
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"{caller}: the operands and scales must share a device, got "
-                         f"{[str(t.device) for t in tensors]}")
-    if not (x_q.is_cuda or interpreting()):
-        raise ValueError(f"{caller}: x_q is on {x_q.device}; the kernel runs on a GPU, or on "
-                         f"the CPU under Triton's interpreter (TRITON_INTERPRET=1)")
+    check_runnable(caller, (x_q, x_scales, wg_q, wg_scales, wu_q, wu_scales))
 
     y = new_output((M, N), out_dtype, x_q)
     gate, up = ((new_output((M, N), out_dtype, x_q), new_output((M, N), out_dtype, x_q))

@@ -4,12 +4,11 @@ cuBLAS's float8 GEMM is for a GPU run to measure."""
 
 import torch
 
-from ..checks import check_activation, check_flags
 from ..kernels.fp8_stacked_gemm import fp8_stacked_swiglu_kernel
 from ..launch import _TMA_ALIGNMENT, ACTIVATION_CODES, TensorDescriptor, _num_sms
 from ..tuning import interpreting
 from . import launch
-from .launch import GEMM_OUT_DTYPES
+from .launch import _check_scales, check_gemm_options, check_runnable
 from .scaled_matmul import quantize_rows
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): untuned; BLOCK_N = 128 makes the
@@ -70,30 +69,16 @@ def fp8_stacked_swiglu_forward(x_q, x_scales, w_q, w_scales, *, activation="silu
             raise TypeError(f"{caller}: {name} must be a {dim}-D torch.float8_e4m3fn tensor, got "
                             f"{getattr(t, 'dtype', type(t).__name__)} of shape "
                             f"{tuple(getattr(t, 'shape', ()))}")
-    check_activation(caller, activation)
-    check_flags(caller, store_preact=store_preact)
-    if out_dtype not in GEMM_OUT_DTYPES:
-        raise TypeError(f"{caller}: out_dtype must be torch.bfloat16 or torch.float16, got "
-                        f"{out_dtype!r}")
+    check_gemm_options(caller, activation, store_preact, out_dtype)
     M, K = x_q.shape
     two, N, w_k = w_q.shape
     if two != 2 or w_k != K or not w_q.is_contiguous():
         raise ValueError(f"{caller}: w_q must be stack_weights_fp8()'s contiguous (2, N, K) = "
                          f"(2, N, {K}) buffer for x_q {tuple(x_q.shape)}, got shape "
                          f"{tuple(w_q.shape)} and strides {w_q.stride()}")
-    for name, scales, shape in (("x_scales", x_scales, (M, 1)), ("w_scales", w_scales, (2, N, 1))):
-        if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32:
-            raise TypeError(f"{caller}: {name} must be a float32 tensor, got "
-                            f"{getattr(scales, 'dtype', type(scales).__name__)}")
-        if tuple(scales.shape) != shape:
-            raise ValueError(f"{caller}: {name} has shape {tuple(scales.shape)}, expected {shape}")
-    tensors = (x_q, x_scales, w_q, w_scales)
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"{caller}: the operands and scales must share a device, got "
-                         f"{[str(t.device) for t in tensors]}")
-    if not (x_q.is_cuda or interpreting()):
-        raise ValueError(f"{caller}: x_q is on {x_q.device}; the kernel runs on a GPU, or on "
-                         f"the CPU under Triton's interpreter (TRITON_INTERPRET=1)")
+    _check_scales(caller, "x_scales", x_scales, (M, 1))
+    _check_scales(caller, "w_scales", w_scales, (2, N, 1))
+    check_runnable(caller, (x_q, x_scales, w_q, w_scales))
     if not takes_descriptors(x_q, N):
         raise ValueError(f"{caller}: tensor descriptors need x_q row-major with rows of a "
                          f"multiple of 16 bytes and N a multiple of 8, got x_q strides "
