@@ -1,12 +1,15 @@
 """The whole SwiGLU block with its down projection, as models run it: SwiGLUMLP (default,
-recompute=True, and compiled) against the same module in plain PyTorch (HuggingFace's
-LlamaMLP), its torch.compile, and Liger-Kernel's LigerSwiGLUMLP. Forward+backward time, the
+recompute=True, fp8=True, and compiled) against the same module in plain PyTorch
+(HuggingFace's LlamaMLP), its torch.compile, Liger-Kernel's LigerSwiGLUMLP, and torchao's
+float8 training (tensorwise and rowwise recipes, compiled, as torchao is meant to run) where
+torchao is installed. Forward+backward time, the
 bytes autograd keeps between forward and backward (beyond x and the weights), and the peak
 above the inputs. bfloat16, GPU only:
 
     python benchmarks/mlp_step.py [M,d_model,d_ff ...]
     python benchmarks/mlp_step.py timeline M,d_model,d_ff   # the kernels of one step each"""
 
+import copy
 import sys
 import types
 
@@ -43,8 +46,19 @@ def modules(d_model, d_ff):
         pass
     for module in found.values():  # the same weights everywhere
         module.load_state_dict(ours.state_dict())
+    fp8 = SwiGLUMLP(d_model, d_ff, device="cuda", dtype=DTYPE, fp8=True)
+    fp8.load_state_dict(ours.state_dict())
+    found["fused_swiglu fp8"] = fp8
     found["torch.compile"] = torch.compile(found["eager"], dynamic=True)
     found["fused_swiglu compiled"] = torch.compile(ours, dynamic=True)
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError:
+        return found
+    for recipe in ("tensorwise", "rowwise"):
+        module = convert_to_float8_training(
+            copy.deepcopy(found["eager"]), config=Float8LinearConfig.from_recipe_name(recipe))
+        found[f"torchao {recipe} compiled"] = torch.compile(module)
     return found
 
 
