@@ -9,6 +9,12 @@ from fused_swiglu.fp8 import quantize_blockwise, quantize_rowwise
 from fused_swiglu.fp8.reference import fp8_operand
 
 
+def nan_output(shape, dtype, like):
+    """fp8.launch.new_output's stand-in: outputs that start as NaN, so that an element a kernel
+    does not write shows up."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+
+
 def sample(M, K, N, dtype=torch.bfloat16, bits=3):
     """x (M, K) and the weights (K, N) in swiglu's convention, with magnitudes that vary by
     powers of two up to 2**bits between 128-column groups of x, and up to 2**(bits - 1) between

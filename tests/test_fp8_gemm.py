@@ -4,7 +4,8 @@ swiglu_fp8_reference: the same quantization (fused_swiglu.fp8.recipe), products 
 import pytest
 import torch
 from conftest import DEVICE, ON_GPU
-from fp8_checks import accumulation_error, assert_rounded_once, exact, quantized, sample
+from fp8_checks import (accumulation_error, assert_rounded_once, exact, nan_output, quantized,
+                        sample)
 
 from fused_swiglu.fp8 import fp8_swiglu_forward, swiglu_fp8_reference
 from fused_swiglu.fp8 import launch as fp8_launch
@@ -28,10 +29,7 @@ CASES = [(granularity, shape) for granularity in GRANULARITIES for shape in SHAP
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """The kernel's outputs start as NaN, so that an element it does not write shows up."""
-    def poisoned(shape, dtype, like):
-        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
-
-    monkeypatch.setattr(fp8_launch, "new_output", poisoned)
+    monkeypatch.setattr(fp8_launch, "new_output", nan_output)
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh", "gelu"])

@@ -4,7 +4,8 @@ swiglu_fp8_reference(granularity="rowwise"), and its launcher's checks."""
 import pytest
 import torch
 from conftest import DEVICE, ON_GPU
-from fp8_checks import accumulation_error, assert_rounded_once, exact, quantized, sample
+from fp8_checks import (accumulation_error, assert_rounded_once, exact, nan_output, quantized,
+                        sample)
 
 from fused_swiglu.fp8 import launch as fp8_launch
 from fused_swiglu.fp8 import quantize_rowwise, swiglu_fp8_reference
@@ -22,10 +23,7 @@ if ON_GPU:
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """The kernel's outputs start as NaN, so that an element it does not write shows up."""
-    def poisoned(shape, dtype, like):
-        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
-
-    monkeypatch.setattr(fp8_launch, "new_output", poisoned)
+    monkeypatch.setattr(fp8_launch, "new_output", nan_output)
 
 
 def stacked_operands(x, w_gate, w_up):

@@ -6,10 +6,11 @@ on the plain-PyTorch one."""
 import pytest
 import torch
 from conftest import DEVICE, ON_GPU
+from fp8_checks import nan_output
 
 from fused_swiglu import SwiGLUMLP, swiglu, swiglu_mlp, swiglu_reference
+from fused_swiglu import tuning
 from fused_swiglu.fp8 import launch as fp8_launch
-from fused_swiglu.fp8 import scaled_matmul
 from fused_swiglu.fp8.reference import swiglu_fp8_training_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -36,15 +37,13 @@ def path(request, monkeypatch):
     """"kernels": the Triton kernels (the interpreter on a CPU); "pytorch": the plain-PyTorch
     path that CPU tensors take without the interpreter."""
     if request.param == "pytorch":
-        monkeypatch.setattr(scaled_matmul, "interpreting", lambda: False)
+        monkeypatch.setattr(tuning, "interpreting", lambda: False)
 
         def no_kernels(*args, **kwargs):
             raise AssertionError("a kernel ran on the plain-PyTorch path")
         monkeypatch.setattr(fp8_launch, "new_output", no_kernels)
     else:
-        def poisoned(shape, dtype, like):
-            return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
-        monkeypatch.setattr(fp8_launch, "new_output", poisoned)
+        monkeypatch.setattr(fp8_launch, "new_output", nan_output)
     return request.param
 
 

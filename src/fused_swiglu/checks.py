@@ -1,6 +1,7 @@
 """Validation at the public boundary: clear errors instead of crashes or wrong answers."""
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .activations import ACTIVATIONS
 
@@ -15,6 +16,13 @@ def check_flags(caller: str, **flags) -> None:
         if not isinstance(value, bool):
             raise TypeError(f"{caller}: {name} must be True or False, got {value!r} "
                             f"({type(value).__name__})")
+
+
+def without_data(*tensors) -> bool:
+    """Whether any of the tensors is fake (no data to launch on) or a torch.func transform's
+    wrapper (vmap, grad), whose storage the kernels cannot read."""
+    return any(isinstance(t, FakeTensor) or torch._C._functorch.is_functorch_wrapped_tensor(t)
+               for t in tensors)
 
 
 def check_activation(caller: str, activation) -> None:

@@ -4,14 +4,14 @@ import math
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import FakeTensor
 
 from . import ops
-from .checks import check_activation, check_down_projection, check_flags, check_swiglu_inputs
+from .checks import (check_activation, check_down_projection, check_flags, check_swiglu_inputs,
+                     without_data)
 from .fp8.options import check_fp8_inputs, fp8_recipe
 from .fp8.training import swiglu_fp8_2d, swiglu_mlp_fp8_2d
 from .reference import swiglu_values
-from .tuning import interpreting
+from .tuning import runs_kernels
 
 # Device types with an autocast mode (others, such as "meta", make torch.is_autocast_enabled
 # raise).
@@ -134,12 +134,11 @@ def _takes_pytorch_path(x: Tensor, *weights: Tensor) -> bool:
     tensors of torch.func transforms (vmap, grad), which PyTorch's own operations support."""
     if x.dtype == torch.float64:
         return True
-    if not (x.is_cuda or (interpreting() and x.device.type == "cpu")):
+    if not runs_kernels(x):
         return True
     if torch.compiler.is_compiling():
         return False
-    return any(isinstance(t, FakeTensor) or torch._C._functorch.is_functorch_wrapped_tensor(t)
-               for t in (x, *weights))
+    return without_data(x, *weights)
 
 
 def _as_2d(x: Tensor) -> Tensor:

@@ -21,6 +21,11 @@ def interpreting() -> bool:
     return RUNS_ON_INTERPRETER
 
 
+def runs_kernels(t) -> bool:
+    """Whether t's device runs the Triton kernels: a GPU, or the CPU under the interpreter."""
+    return t.is_cuda or (interpreting() and t.device.type == "cpu")
+
+
 def token_bucket(m: int) -> int:
     """Tuning key for the token count: training and serving see many M, tuned once per bucket."""
     # plain integer arithmetic: triton.next_power_of_2 costs microseconds of host time per call

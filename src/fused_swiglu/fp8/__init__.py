@@ -1,8 +1,8 @@
-"""Groundwork for float8 (e4m3, e5m2 for gradients) SwiGLU with scales finer than one per
-tensor, computed from the current values on each call: the scaling recipe (rowwise and
-DeepSeek-V3 blockwise), the float8 forward's reference, and the quantization kernel's launcher.
-Not part of fused_swiglu's public API yet: which recipe it takes is for GPU measurements to
-decide."""
+"""float8 (e4m3, e5m2 for gradients) SwiGLU with scales finer than one per tensor, computed
+from the current values on each call: the scaling recipe (rowwise and DeepSeek-V3 blockwise),
+the references, and the kernels' launchers. The public entry points are ``fp8=`` of swiglu,
+swiglu_mlp and SwiGLUMLP (fp8/training.py, recipe "rowwise") and quantize_fp8
+(fp8/inference.py); the names here are the building blocks, for tests and probes."""
 
 from .launch import fp8_swiglu_forward, quantize_groups
 from .recipe import (dequantize_blockwise, dequantize_rowwise, quantize_blockwise,

@@ -4,8 +4,9 @@ x, the pointer kernel elsewhere on a GPU or under the interpreter, PyTorch other
 import torch
 
 from ..activations import ACTIVATIONS
+from ..tuning import runs_kernels
 from .launch import fp8_swiglu_forward
-from .scaled_matmul import runs_kernels, scaled_matmul
+from .scaled_matmul import scaled_matmul
 from .stacked import fp8_stacked_swiglu_forward, takes_descriptors
 
 

@@ -4,9 +4,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_activation
+from .gated import gated_forward
 from .scaled_matmul import quantize_rows, scaled_matmul
 from .stacked import stack_weights_fp8
-from .gated import gated_forward
 
 
 class QuantizedSwiGLUMLP(nn.Module):

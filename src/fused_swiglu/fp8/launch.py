@@ -1,4 +1,5 @@
-"""Validate, allocate and launch the float8 quantization kernel (kernels/quantize.py)."""
+"""Validate, allocate and launch the float8 quantization kernel (kernels/quantize.py) and the
+pointer-load float8 GEMM (kernels/fp8_gemm.py)."""
 
 import torch
 

@@ -1,7 +1,8 @@
 """The ``fp8=`` option of the public functions and module: which recipe, and what it takes."""
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
+
+from ..checks import without_data
 
 # fp8=True takes the first. "rowwise": one scale per token of each activation and gradient and
 # one per channel of each weight, along every GEMM's K (fused_swiglu.fp8.training).
@@ -44,8 +45,6 @@ def check_fp8_inputs(caller: str, x, *weights) -> None:
             f"{'.'.join(map(str, torch.cuda.get_device_capability(x.device)))}")
     if x.device.type not in ("cuda", "cpu"):
         raise NotImplementedError(f"{caller}: fp8 runs on CUDA or CPU tensors, got {x.device}")
-    if not torch.compiler.is_compiling() and any(
-            isinstance(t, FakeTensor) or torch._C._functorch.is_functorch_wrapped_tensor(t)
-            for t in (x, *weights)):
+    if not torch.compiler.is_compiling() and without_data(x, *weights):
         raise NotImplementedError(f"{caller}: fp8 with fake tensors outside torch.compile, or "
                                   f"under torch.func transforms, is not supported")

@@ -9,18 +9,13 @@ of each operand (``torch._scaled_mm(a_q, b_q.t(), ...)``: B column-major)."""
 
 import torch
 
-from ..tuning import interpreting
+from ..tuning import runs_kernels
 from .launch import quantize_groups
 from .recipe import quantize_rowwise
 
 # cuBLAS's float8 GEMM needs the shared dimension in multiples of 16; the row counts are
 # padded alike, to stay on the sizes its rowwise kernels are known to take
 _CUBLAS_MULTIPLE = 16
-
-
-def runs_kernels(t: torch.Tensor) -> bool:
-    """Whether t's device runs the Triton kernels: a GPU, or the CPU under the interpreter."""
-    return t.is_cuda or (interpreting() and t.device.type == "cpu")
 
 
 def quantize_rows(t: torch.Tensor):

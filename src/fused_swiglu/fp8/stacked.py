@@ -5,7 +5,8 @@ cuBLAS's float8 GEMM is for a GPU run to measure."""
 import torch
 
 from ..kernels.fp8_stacked_gemm import fp8_stacked_swiglu_kernel
-from ..launch import _TMA_ALIGNMENT, ACTIVATION_CODES, TensorDescriptor, _num_sms
+from ..launch import (_TMA_ALIGNMENT, ACTIVATION_CODES, TensorDescriptor, _num_sms,
+                      _row_major_for_tma)
 from ..tuning import interpreting
 from . import launch
 from .launch import _check_scales, check_gemm_options, check_runnable
@@ -41,9 +42,8 @@ def takes_descriptors(x_q: torch.Tensor, n: int) -> bool:
     """Whether tensor descriptors can describe x_q (M, K) and an (M, n) output of 16 bits."""
     if TensorDescriptor is None:
         return False
-    k = x_q.shape[1]
-    return (x_q.stride(1) == 1 and x_q.stride(0) % _TMA_ALIGNMENT == 0
-            and x_q.data_ptr() % _TMA_ALIGNMENT == 0 and k % _TMA_ALIGNMENT == 0
+    # x_q's rows as the 16-bit path checks them; K also sizes the weights' contiguous rows
+    return (_row_major_for_tma(x_q) and x_q.shape[1] % _TMA_ALIGNMENT == 0
             and (2 * n) % _TMA_ALIGNMENT == 0)
 
 

@@ -63,6 +63,17 @@ def _input_grad(d_outs, weights, dtype):
     return dx
 
 
+def _stored_preact(ctx, caller, x, w_gate, w_up, gate, up, dtype):
+    """(g, u) for the backward: the saved ones, or with recompute computed again from x;
+    RuntimeError for a backward that autograd would differentiate (create_graph=True)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{caller}(fp8=...): gradients of gradients (create_graph=True) "
+                           f"are not supported with float8; use fp8=False")
+    if ctx.recompute:
+        _, gate, up = _preact(*quantize_rows(x), dtype, w_gate, w_up, ctx.activation, True)
+    return gate, up
+
+
 class Fp8SwiGLU(torch.autograd.Function):
     """act(x @ w_gate) * (x @ w_up) for 2-D x, every GEMM in float8 (the module docstring).
     Keeps what the 16-bit node keeps: x and the weights (inputs), and g and u unless
@@ -79,12 +90,7 @@ class Fp8SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, w_gate, w_up, gate, up = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            raise RuntimeError("swiglu(fp8=...): gradients of gradients (create_graph=True) "
-                               "are not supported with float8; use fp8=False")
-        if ctx.recompute:
-            _, gate, up = _preact(*quantize_rows(x), dy.dtype, w_gate, w_up, ctx.activation,
-                                  True)
+        gate, up = _stored_preact(ctx, "swiglu", x, w_gate, w_up, gate, up, dy.dtype)
         d_gate, d_up = _gate_grads(dy.contiguous(), gate, up, ctx.activation)
         del gate, up
         return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
@@ -121,13 +127,7 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            raise RuntimeError("swiglu_mlp(fp8=...): gradients of gradients "
-                               "(create_graph=True) are not supported with float8; use "
-                               "fp8=False")
-        if ctx.recompute:
-            _, gate, up = _preact(*quantize_rows(x), d_out.dtype, w_gate, w_up,
-                                  ctx.activation, True)
+        gate, up = _stored_preact(ctx, "swiglu_mlp", x, w_gate, w_up, gate, up, d_out.dtype)
         d_out = d_out.contiguous()
         dw_down = None
         if ctx.needs_input_grad[3]:
