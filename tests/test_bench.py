@@ -284,11 +284,13 @@ def test_summarize_prints_the_targets(tmp_path, capsys):
     # two training shapes: ours over Liger 1.1 and 1.0, over torch.compile 1.2 and 1.25
     for m, ours_fwd, ours_fb, liger_fb, compile_fb, ours_peak, liger_peak in (
             (4096, 1.02, 2.0, 2.2, 2.4, 100, 110), (8192, 0.98, 4.0, 4.0, 5.0, 200, 200)):
+        # the same ratios over Liger as CUDA-graph replays
         rows += [_row(bench.BOUND, m, 1.0, 3.0, 1.0, path="", **new),
-                 _row("liger", m, 1.1, liger_fb, 1.0, peak_mb=liger_peak, path="", **new),
+                 _row("liger", m, 1.1, liger_fb, 1.0, graph_ms=liger_fb, peak_mb=liger_peak,
+                      path="", **new),
                  _row("torch.compile", m, 1.2, compile_fb, 1.0, path="", **new),
-                 _row("fused_swiglu", m, ours_fwd, ours_fb, 1.0, peak_mb=ours_peak,
-                      path="stacked", **ours),
+                 _row("fused_swiglu", m, ours_fwd, ours_fb, 1.0, graph_ms=ours_fb,
+                      peak_mb=ours_peak, path="stacked", **ours),
                  _row("fused_swiglu recompute", m, math.nan, ours_fb * 1.3, 1.0,
                       path="stacked", **ours)]
     # M = 512: GPU time over Liger 1.1; peak 50 against 49
@@ -313,6 +315,8 @@ def test_summarize_prints_the_targets(tmp_path, capsys):
     packed = out[out.index("packed_linear weights: 2 shapes"):]
     for line in ("forward / cuBLAS bound, M >= 4096: geomean 1.000, worst 1.020",
                  "fwd+bwd speed-up over liger, M >= 4096: geomean 1.049, worst 1.000",
+                 "fwd+bwd GPU time (CUDA graphs), speed-up over liger, M >= 4096: geomean "
+                 "1.049, worst 1.000",
                  "fwd+bwd speed-up over torch.compile, M >= 4096: geomean 1.225, worst 1.200",
                  "M = 512 fwd+bwd GPU time (CUDA graphs), speed-up over liger: geomean 1.100, "
                  "worst 1.100",
@@ -327,9 +331,11 @@ def test_summarize_prints_the_targets(tmp_path, capsys):
     assert "path of fused_swiglu: not recorded at M = 4096 (1 rows)" in linear
     # the README's table: one row per dtype and layout
     assert "**NVIDIA TEST CARD**" in out
-    assert ("| bfloat16 | packed_linear | 1.000 (1.020) | 1.049 (1.000) | 1.225 (1.200) | "
-            "1.100 (1.100) | 0.98 (1.02) | 1.100 (1.100) | stacked · cublas · dual |") in out
-    assert "| bfloat16 | linear | 1.020 (1.020) | 1.100 (1.100) | 1.200 (1.200) | – |" in out
+    assert ("| bfloat16 | packed_linear | 1.000 (1.020) | 1.049 (1.000) | 1.049 (1.000) | "
+            "1.225 (1.200) | 1.100 (1.100) | 0.98 (1.02) | 1.100 (1.100) | "
+            "stacked · cublas · dual |") in out
+    # the old CSV has no CUDA-graph column: a dash
+    assert "| bfloat16 | linear | 1.020 (1.020) | 1.100 (1.100) | – | 1.200 (1.200) | – |" in out
     # the full table: a row per shape, our path last
     assert "| 8192x64x128 | 1.000 / 3.000 | " in out and "| stacked |" in out
 

@@ -18,6 +18,7 @@ import argparse
 import csv
 import dataclasses
 import functools
+import gc
 import math
 import pathlib
 import random
@@ -179,6 +180,9 @@ def memory_bytes(fn, inputs, d_out, leaves=None):
             saved.append(t.numel() * t.element_size())
         return t
 
+    # what the previous measurement left for the garbage collector would otherwise be freed
+    # during this one, and lower its peak by that much
+    gc.collect()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -320,13 +324,17 @@ def bench_shape(m, d_model, d_ff, dtype, impls, with_backward=True, with_memory=
         steps = training_steps(impls, x, w_gate, w_up, dy, ops.leaves, ops.weights)
         fwd_bwd_ms = interleaved_medians(median_ms, steps, eager_rounds)
         fwd_bwd_ms[BOUND] = 3 * fwd_ms[BOUND]
-        if m <= HOST_BOUND_TOKENS and ops.packed is not None:
+        if ops.packed is not None:
             # each slice's gradient is summed into the buffer's on the stream the buffer (a
             # leaf) was made on, the default stream, which a capture may not touch: PyTorch
             # refuses the capture, for every implementation alike
-            print(f"# {layout}: no CUDA-graph timing (the buffer's gradient sums two slices' "
-                  f"outside the capture stream)")
-        elif m <= HOST_BOUND_TOKENS:  # the GPU's time too, where the eager one is the host's
+            if m <= HOST_BOUND_TOKENS:
+                print(f"# {layout}: no CUDA-graph timing (the buffer's gradient sums two "
+                      f"slices' outside the capture stream)")
+        else:
+            # the GPU's time too: at M = 512 the eager time is the host's, and up to a few
+            # thousand tokens at d_model 2048 the host's launches take about as long as the
+            # GPU's work, so the eager rows there move with the host's jitter (NOTES.md, v14)
             graphs = {name: captured_step(step) for name, step in steps.items()
                       if name != "torch.compile"}
             fwd_bwd_graph_ms = interleaved_medians(
