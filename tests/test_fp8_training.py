@@ -129,6 +129,26 @@ def test_recompute_and_no_grad_compute_the_same(path):
         assert torch.equal(swiglu(x, *weights, fp8=True), runs[0][0])
 
 
+@pytest.mark.parametrize("block", [False, True], ids=["swiglu", "swiglu_mlp"])
+def test_second_backward_is_right_or_refused(path, block):
+    """A second backward through a retained graph: with recompute the same gradients again;
+    without, where the first one overwrote the saved g and u (the kernels' path), a
+    RuntimeError pointing to recompute=True, never gradients computed from dg and du."""
+    x, weights, d_out = problem(37, 48, 40, mlp=block)
+    run = swiglu_mlp if block else swiglu
+    for recompute in (False, True):
+        out = run(x, *weights, fp8=True, recompute=recompute)
+        first = torch.autograd.grad(out, (x, *weights), d_out, retain_graph=True)
+        try:
+            second = torch.autograd.grad(out, (x, *weights), d_out)
+        except RuntimeError as error:
+            assert path == "kernels" and not recompute, str(error)
+            assert "recompute=True" in str(error)
+            continue
+        for a, b in zip(first, second):
+            assert torch.equal(a, b)
+
+
 def test_module_and_its_options(path):
     torch.manual_seed(0)
     module = SwiGLUMLP(48, 40, fp8=True, dtype=torch.bfloat16, device=DEVICE)

@@ -21,6 +21,7 @@ from .scaled_matmul import quantize_rows
 GPU_CONFIG = (128, 128, 128, 8, 8, 3)
 INTERPRETER_CONFIG = (32, 32, 32, 2, 4, 1)
 
+
 def stack_weights_fp8(w_gate: torch.Tensor, w_up: torch.Tensor):
     """Both weights, in nn.Linear's (N, K) layout, quantized to float8_e4m3fn with one scale per
     output channel (fused_swiglu.fp8.recipe's rowwise scaling) into one buffer.
@@ -32,10 +33,12 @@ def stack_weights_fp8(w_gate: torch.Tensor, w_up: torch.Tensor):
     if w_gate.shape != w_up.shape or w_gate.dim() != 2:
         raise ValueError(f"stack_weights_fp8: w_gate and w_up must be (N, K) matrices of one "
                          f"shape, got {tuple(w_gate.shape)} and {tuple(w_up.shape)}")
-    n, k = w_gate.shape
-    # rowwise scales are per row, so quantizing the rows of both at once is quantizing each
-    q, scales = quantize_rows(torch.cat([w_gate, w_up]))
-    return q.view(2, n, k), scales.view(2, n, 1)
+    # each quantized on its own and stacked in float8: stacking the 16-bit weights first
+    # would hold a 16-bit copy of both at the forward's peak
+    (gate_q, gate_s), (up_q, up_s) = quantize_rows(w_gate), quantize_rows(w_up)
+    # stacked as bytes, which every device's copy kernels take
+    q = torch.stack([gate_q.view(torch.uint8), up_q.view(torch.uint8)]).view(gate_q.dtype)
+    return q, torch.stack([gate_s, up_s])
 
 
 def takes_descriptors(x_q: torch.Tensor, n: int) -> bool:

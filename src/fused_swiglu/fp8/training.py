@@ -13,8 +13,9 @@ g, u, y and their gradients (M, N):
 - the block's down projection ``out = y @ w_down`` and its gradients alike; its backward
   computes y again from g and u (as the 16-bit block does), then quantizes y^T.
 
-dg and du are computed in the input dtype from the stored g and u (the 16-bit backward's
-pass), then quantized. Autograd keeps what the 16-bit path keeps (x, the weights, and g and u
+dg and du are computed in the input dtype from the stored g and u by the 16-bit backward's
+pass, which overwrites g and u with them where the kernels run eagerly (as the 16-bit backward
+does; a second backward through the graph then asks for recompute=True), then quantized. Autograd keeps what the 16-bit path keeps (x, the weights, and g and u
 unless recompute); each GEMM quantizes what it reads when it runs. On the CPU without
 Triton's interpreter every step runs in PyTorch (the recipe's quantization, bit for bit the
 kernel's; float32 products of the dequantized operands), with the interpreter the kernels run
@@ -24,6 +25,7 @@ import torch
 
 from .. import ops
 from ..activations import ACTIVATIONS
+from ..tuning import runs_kernels
 from . import ops as fp8_ops
 from .ops import quantize_rows, scaled_matmul
 
@@ -35,9 +37,17 @@ def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
     return (y, gate, up) if store_preact else (y, None, None)
 
 
-def _gate_grads(dy, gate, up, activation):
-    """(dg, du) in dy's dtype from dy and the stored g and u: the 16-bit backward's ops."""
-    return ops.gate_grad(dy, gate, up, activation), ops.up_grad(dy, gate, activation)
+def _gate_grads(ctx, dy, gate, up):
+    """(dg, du) in dy's dtype from dy and g and u, by the 16-bit backward's pass. Where the
+    kernels run eagerly it overwrites g and u with them, as the 16-bit backward does: new
+    tensors would hold two tokens x d_ff buffers more at the backward's peak. Overwritten
+    saved tensors refuse a second backward (ops.SECOND_BACKWARD_MESSAGE)."""
+    if runs_kernels(gate) and gate.numel() and not torch.compiler.is_compiling():
+        ops._gate_grads_in_place(dy, gate, up, ctx.activation)
+        ctx.overwritten = not ctx.recompute
+        return gate, up
+    return (ops.gate_grad(dy, gate, up, ctx.activation),
+            ops.up_grad(dy, gate, ctx.activation))
 
 
 def _product(gate, up, activation):
@@ -89,9 +99,9 @@ class Fp8SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, w_gate, w_up, gate, up = ctx.saved_tensors
+        x, w_gate, w_up, gate, up = ops._saved_for_eager_backward(ctx)
         gate, up = _stored_preact(ctx, "swiglu", x, w_gate, w_up, gate, up, dy.dtype)
-        d_gate, d_up = _gate_grads(dy.contiguous(), gate, up, ctx.activation)
+        d_gate, d_up = _gate_grads(ctx, dy.contiguous(), gate, up)
         del gate, up
         return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
                 None, None)
@@ -126,7 +136,7 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out):
-        x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+        x, w_gate, w_up, w_down, gate, up = ops._saved_for_eager_backward(ctx)
         gate, up = _stored_preact(ctx, "swiglu_mlp", x, w_gate, w_up, gate, up, d_out.dtype)
         d_out = d_out.contiguous()
         dw_down = None
@@ -135,7 +145,7 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
             dw_down = _weight_grad(quantize_rows(d_out.t()), y_t, w_down)
             del y_t
         d_hidden = _input_grad((d_out,), (w_down,), d_out.dtype)
-        d_gate, d_up = _gate_grads(d_hidden, gate, up, ctx.activation)
+        d_gate, d_up = _gate_grads(ctx, d_hidden, gate, up)
         del gate, up, d_hidden
         return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
                 dw_down, None, None)
