@@ -10,8 +10,9 @@ g, u, y and their gradients (M, N):
 - ``dx = dg @ w_gate^T + du @ w_up^T``: dg and du per token along N, the weights per input
   channel along N (two GEMMs, summed).
 - ``dw = x^T @ dg``: x^T and dg^T per channel along the tokens.
-- the block's down projection ``out = y @ w_down`` and its gradients alike; its backward
-  computes y again from g and u (as the 16-bit block does), then quantizes y^T.
+- the block's down projection ``out = y @ w_down`` and its gradients alike; its backward's
+  pass that computes dg and du writes y again from g and u (as the 16-bit block's does), then
+  quantizes y^T.
 
 dg and du are computed in the input dtype from the stored g and u by the 16-bit backward's
 pass, which overwrites g and u with them where the kernels run eagerly (as the 16-bit backward
@@ -23,7 +24,7 @@ and the GEMMs of the backward in PyTorch."""
 
 import torch
 
-from .. import ops
+from .. import launch, ops
 from ..activations import ACTIVATIONS
 from ..tuning import runs_kernels
 from . import ops as fp8_ops
@@ -37,21 +38,25 @@ def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
     return (y, gate, up) if store_preact else (y, None, None)
 
 
-def _gate_grads(ctx, dy, gate, up):
-    """(dg, du) in dy's dtype from dy and g and u, by the 16-bit backward's pass. Where the
-    kernels run eagerly it overwrites g and u with them, as the 16-bit backward does: new
-    tensors would hold two tokens x d_ff buffers more at the backward's peak. Overwritten
-    saved tensors refuse a second backward (ops.SECOND_BACKWARD_MESSAGE)."""
+def _gate_grads(ctx, dy, gate, up, with_product=False):
+    """(dg, du, y) in dy's dtype from dy and g and u, by the 16-bit backward's pass; y =
+    act(g) * u only with_product, else None. Where the kernels run eagerly the pass overwrites
+    g and u with dg and du and writes y beside them, as the 16-bit block's backward does: new
+    tensors would hold two tokens x d_ff buffers more at the backward's peak, and y computed
+    in PyTorch four float32 ones. Overwritten saved tensors refuse a second backward
+    (ops.SECOND_BACKWARD_MESSAGE)."""
     if runs_kernels(gate) and gate.numel() and not torch.compiler.is_compiling():
-        ops._gate_grads_in_place(dy, gate, up, ctx.activation)
+        product = launch.new_output(gate.shape, gate) if with_product else None
+        ops._gate_grads_in_place(dy, gate, up, ctx.activation, product=product)
         ctx.overwritten = not ctx.recompute
-        return gate, up
+        return gate, up, product
+    product = _product(gate, up, ctx.activation) if with_product else None
     return (ops.gate_grad(dy, gate, up, ctx.activation),
-            ops.up_grad(dy, gate, ctx.activation))
+            ops.up_grad(dy, gate, ctx.activation), product)
 
 
 def _product(gate, up, activation):
-    """y = act(g) * u from the stored g and u, in their dtype."""
+    """y = act(g) * u from g and u, in their dtype (a compiler fuses it into one pass)."""
     return (ACTIVATIONS[activation](gate.float()) * up.float()).to(gate.dtype)
 
 
@@ -101,7 +106,7 @@ class Fp8SwiGLU(torch.autograd.Function):
     def backward(ctx, dy):
         x, w_gate, w_up, gate, up = ops._saved_for_eager_backward(ctx)
         gate, up = _stored_preact(ctx, "swiglu", x, w_gate, w_up, gate, up, dy.dtype)
-        d_gate, d_up = _gate_grads(ctx, dy.contiguous(), gate, up)
+        d_gate, d_up, _ = _gate_grads(ctx, dy.contiguous(), gate, up)
         del gate, up
         return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
                 None, None)
@@ -139,14 +144,15 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
         x, w_gate, w_up, w_down, gate, up = ops._saved_for_eager_backward(ctx)
         gate, up = _stored_preact(ctx, "swiglu_mlp", x, w_gate, w_up, gate, up, d_out.dtype)
         d_out = d_out.contiguous()
-        dw_down = None
-        if ctx.needs_input_grad[3]:
-            y_t = quantize_rows(_product(gate, up, ctx.activation).t())
-            dw_down = _weight_grad(quantize_rows(d_out.t()), y_t, w_down)
-            del y_t
+        need_dw_down = ctx.needs_input_grad[3]
         d_hidden = _input_grad((d_out,), (w_down,), d_out.dtype)
-        d_gate, d_up = _gate_grads(ctx, d_hidden, gate, up)
+        # the pass that computes dg and du writes y again for w_down's gradient
+        d_gate, d_up, hidden = _gate_grads(ctx, d_hidden, gate, up, need_dw_down)
         del gate, up, d_hidden
+        dw_down = None
+        if need_dw_down:
+            dw_down = _weight_grad(quantize_rows(d_out.t()), quantize_rows(hidden.t()), w_down)
+            del hidden
         return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
                 dw_down, None, None)
 
