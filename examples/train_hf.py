@@ -50,9 +50,10 @@ VOCAB = 256  # bytes
 GIB = 2 ** 30
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def make_parser(description: str = __doc__) -> argparse.ArgumentParser:
+    """The command line's options (examples/distributed.py adds its own to them)."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        description=description.split("\n\n")[0].replace("\n", " "),
         epilog="A preset sets every size; a flag given next to it wins.")
     parser.add_argument("--size", choices=sorted(PRESETS), default="tiny",
                         help="preset (default: tiny); " + "; ".join(
@@ -74,6 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0,
                         help="of the initial weights and of the batches (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
+    return parser
+
+
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The options, the preset's sizes filled in and checked; `parser` defaults to
+    make_parser()'s."""
+    parser = parser or make_parser()
     args = parser.parse_args(argv)
 
     for name, value in PRESETS[args.size].items():

@@ -79,3 +79,57 @@ def test_batches_are_deterministic_byte_windows():
 
     with pytest.raises(ValueError, match="longer than seq"):
         example.make_batches(data[:8], steps=1, batch=1, seq=8, seed=0)
+
+
+# ---- examples/distributed.py
+
+DISTRIBUTED = SCRIPT.parent / "distributed.py"
+# the same small run as above; CPU processes over gloo, also on a machine with GPUs (one GPU
+# cannot host two ranks)
+DISTRIBUTED_ARGS = ["--size", "tiny", "--steps", "3", "--lr", "1e-2", "--device", "cpu",
+                    "--dtype", "float32"]
+
+
+def run_distributed(tmp_path, plan, processes, variants="fused"):
+    out = tmp_path / f"{plan}.json"
+    command = [sys.executable, str(DISTRIBUTED), "--plan", plan, "--variants", variants,
+               *DISTRIBUTED_ARGS, "--json", str(out)]
+    if processes > 1:
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone",
+                        f"--nproc-per-node={processes}"]
+    run = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(out.read_text()), run.stdout
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return run_distributed(tmp_path_factory.mktemp("none"), "none", 1, "eager,fused")[0]
+
+
+@pytest.mark.parametrize("plan, processes", [("tp", 2), ("fsdp", 2), ("2d", 4)])
+def test_distributed_plans_train_as_one_process(tmp_path, one_process, plan, processes):
+    """Tensor parallelism, FSDP2 and both, with patch_model: the losses of 4 steps at lr 1e-2
+    (which follow the gradients) are the one-process run's, within float32 reordering."""
+    report, stdout = run_distributed(tmp_path, plan, processes)
+    assert report["config"]["processes"] == processes and report["config"]["plan"] == plan
+    fused = report["results"]["fused"]
+    assert fused["patched_modules"] == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    assert fused["tokens_per_s_per_gpu"] > 0
+    # tp shards the 7 projections of each of the 2 layers; FSDP2 every parameter
+    assert fused["dtensor_parameters"] == (14 if plan == "tp" else fused["parameters"])
+    assert f"{processes} x CPU, plan {plan}" in stdout
+    single = one_process["results"]
+    assert single["fused"]["losses"] == pytest.approx(single["eager"]["losses"],
+                                                      abs=LOSS_ATOL, rel=0)
+    assert len(fused["losses"]) == 4
+    assert fused["losses"] == pytest.approx(single["fused"]["losses"], abs=LOSS_ATOL, rel=0)
+
+
+def test_distributed_refuses_what_it_cannot_run():
+    for args, message in ((["--plan", "tp"], "runs under torchrun"),
+                          (["--plan", "fsdp", "--tp", "2"], "--tp belongs to --plan 2d")):
+        run = subprocess.run([sys.executable, str(DISTRIBUTED), *args, *DISTRIBUTED_ARGS],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and message in run.stderr, run.stderr
