@@ -495,8 +495,11 @@ def test_gate_grads_kernel_writes_every_element(m, d_ff, dtype):
     # the compiled backward's two passes, one output each
     d_gate_alone = launch.gate_grad_from_preact(dy, gate, up)
     d_up_alone = launch.up_grad_from_preact(dy, gate)
+    # the float8 forward's pass after cuBLAS: y alone
+    product = launch.product_from_preact(gate, up)
     g, u, dy = gate.double(), up.double(), dy.double()
     sig = torch.sigmoid(g)
+    assert relative_error(product, g * sig * u) <= TOLERANCE[dtype]
     for dg in (d_gate, d_gate_alone):
         assert relative_error(dg, dy * u * sig * (1 + g * (1 - sig))) <= TOLERANCE[dtype]
     for du in (d_up, d_up_alone):

@@ -323,6 +323,13 @@ def swiglu_grads_from_preact(dy, gate, up, out=None, product=None, activation="s
     return d_gate, d_up
 
 
+def product_from_preact(gate, up, activation="silu"):
+    """y = act(g) * u from g and u, both (M, N) row-major, in a new tensor."""
+    product = new_output(gate.shape, gate)
+    _glu_pointwise(None, gate, up, None, None, activation, product=product)
+    return product
+
+
 def gate_grad_from_preact(dy, gate, up, activation="silu"):
     """dg alone, in a new tensor."""
     d_gate = new_output(dy.shape, gate)
