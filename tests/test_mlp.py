@@ -158,3 +158,28 @@ if ON_GPU:
 
         composed = peak(lambda x, w_gate, w_up, w_down: swiglu(x, w_gate, w_up) @ w_down)
         assert peak(swiglu_mlp) <= composed
+
+
+# Host synchronizations are a CUDA stream's: GPU only.
+if ON_GPU:
+
+    @pytest.mark.parametrize("fp8", [False, True], ids=["16-bit", "fp8"])
+    @pytest.mark.parametrize("recompute", [False, True], ids=["keep", "recompute"])
+    @pytest.mark.parametrize("tokens", [512, 4096])
+    def test_training_step_never_waits_for_the_gpu(tokens, recompute, fp8):
+        """A forward+backward of the block enqueues its work without a host synchronization
+        (a copy to the host, a wait on a stream): in a model the host runs ahead of the GPU,
+        and one wait per layer would leave the GPU idle while the host catches up."""
+        module = SwiGLUMLP(1024, 2816, recompute=recompute, fp8=fp8, device=DEVICE,
+                           dtype=torch.bfloat16)
+        x = torch.randn(tokens // 512, 512, 1024, device=DEVICE, dtype=torch.bfloat16,
+                        requires_grad=True)
+        module(x).sum().backward()  # compiles and tunes the kernels, which may wait
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            module(x).sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        assert all(torch.isfinite(p.grad).all() for p in module.parameters())
