@@ -30,7 +30,6 @@ import gc
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -114,42 +113,26 @@ def train(variant, master, batches, args, mesh) -> dict:
     if mesh is not None:
         parallelize(model, args.plan, mesh)
     model.train()
-    # the tensor-parallel plan leaves some parameters plain tensors beside DTensors, which
-    # AdamW's multi-tensor kernels do not take in one list
+    # the tensor-parallel plan leaves some parameters plain tensors beside its DTensors, and
+    # AdamW's multi-tensor kernels refuse the mix in one list ("got mixed torch.Tensor and
+    # DTensor"); under 2d they sit on two meshes: the one-tensor-at-a-time loop for both
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                   foreach=False if args.plan in ("tp", "2d") else None)
     dp_rank, dp_size = (0, 1) if mesh is None else (mesh["dp"].get_local_rank(),
                                                      mesh["dp"].size())
     share = args.batch // dp_size
     batches = batches[:, dp_rank * share:(dp_rank + 1) * share].to(device)
-    on_cuda = device.type == "cuda"
-
-    def step(ids):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
 
     def synchronize():
-        if on_cuda:
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
         if mesh is not None:
             dist.barrier()
+    run = train_hf.timed_steps(model, optimizer, batches, args, synchronize)
 
-    losses = [step(batches[i]) for i in range(args.warmup)]
-    synchronize()
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    losses += [step(batches[i]) for i in range(args.warmup, args.warmup + args.steps)]
-    synchronize()
-    seconds = time.perf_counter() - start
-
-    losses = torch.stack(losses).float()
     # (seconds, peak bytes): the slowest rank's time and the largest rank's peak
-    costs = torch.tensor([seconds, torch.cuda.max_memory_allocated(device) if on_cuda else 0],
-                         dtype=torch.float64)
+    losses = run["losses"]
+    costs = torch.tensor([run["seconds"], run["peak"] or 0], dtype=torch.float64)
     if mesh is not None:
         losses, costs = losses.to(device), costs.to(device)
         # the mean of equal shares' mean losses is the whole batch's
@@ -166,7 +149,7 @@ def train(variant, master, batches, args, mesh) -> dict:
         "dtensor_parameters": sum(isinstance(p, DTensor) for p in model.parameters()),
         "tokens_per_s_per_gpu": args.steps * args.batch * args.seq / seconds / world,
         "timed_seconds": seconds,
-        "peak_memory_bytes_per_gpu": int(peak) if on_cuda else None,
+        "peak_memory_bytes_per_gpu": int(peak) if run["peak"] is not None else None,
         "losses": losses.cpu().tolist(),
     }
 

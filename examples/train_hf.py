@@ -199,13 +199,12 @@ def apply_liger_swiglu(model: torch.nn.Module, device: torch.device) -> list[str
 
 # ---------------------------------------------------------------------------------- training
 
-def train(variant: str, master: torch.nn.Module, batches: torch.Tensor, args) -> dict:
+def timed_steps(model, optimizer, batches: torch.Tensor, args, synchronize) -> dict:
+    """``args.warmup`` training steps, then ``args.steps`` timed ones, on ``batches`` (on the
+    model's device): the losses (one tensor), the timed seconds and, on CUDA, the peak and the
+    memory allocated between steps. ``synchronize()`` waits for the device (and the other
+    processes, where there are)."""
     device = args.device
-    model = copy.deepcopy(master).to(device)
-    patched = apply_variant(variant, model, device)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    batches = batches.to(device)
     on_cuda = device.type == "cuda"
 
     def step(ids):
@@ -216,24 +215,37 @@ def train(variant: str, master: torch.nn.Module, batches: torch.Tensor, args) ->
         return loss.detach()
 
     losses = [step(batches[i]) for i in range(args.warmup)]
+    synchronize()
+    resting = torch.cuda.memory_allocated(device) if on_cuda else None
     if on_cuda:
-        torch.cuda.synchronize(device)
-        resting = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     losses += [step(batches[i]) for i in range(args.warmup, args.warmup + args.steps)]
-    if on_cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
+    synchronize()
+    return {"losses": torch.stack(losses).float(), "seconds": time.perf_counter() - start,
+            "peak": torch.cuda.max_memory_allocated(device) if on_cuda else None,
+            "resting": resting}
 
+
+def train(variant: str, master: torch.nn.Module, batches: torch.Tensor, args) -> dict:
+    device = args.device
+    model = copy.deepcopy(master).to(device)
+    patched = apply_variant(variant, model, device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    run = timed_steps(model, optimizer, batches.to(device), args, synchronize)
+    peak, seconds = run["peak"], run["seconds"]
     return {
         "patched_modules": patched,
         "tokens_per_s": args.steps * args.batch * args.seq / seconds,
         "timed_seconds": seconds,
         "peak_memory_bytes": peak,
-        "above_resting_bytes": None if peak is None else peak - resting,
-        "losses": torch.stack(losses).float().tolist(),
+        "above_resting_bytes": None if peak is None else peak - run["resting"],
+        "losses": run["losses"].tolist(),
     }
 
 
