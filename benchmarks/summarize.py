@@ -186,8 +186,9 @@ def markdown_summary(card_groups):
     for g in card_groups:
         t = g.targets()
         cells = [g.dtype, g.layout, _cell(t, "fwd_vs_bound"), _cell(t, "over_liger"),
-                 _cell(t, "graph_over_liger_train"), _cell(t, "over_compile"), _cell(t, "graph_over_liger"),
-                 _cell(t, "peak_vs_liger", 2), _cell(t, "decode_vs_read"), _path_cell(g)]
+                 _cell(t, "graph_over_liger_train"), _cell(t, "over_compile"),
+                 _cell(t, "graph_over_liger"), _cell(t, "peak_vs_liger", 2),
+                 _cell(t, "decode_vs_read"), _path_cell(g)]
         print("| " + " | ".join(cells) + " |")
 
 
