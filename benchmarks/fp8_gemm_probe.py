@@ -74,12 +74,13 @@ SWEEP += [(64, 128, 128, 8, 4, 4), (128, 128, 64, 8, 8, 4), (128, 128, 128, 16, 
 
 
 def sweep():
-    """The stacked float8 kernel's time in each configuration of SWEEP, against bf16 cuBLAS
-    and cuBLAS's float8 rowwise GEMM of the same shape."""
+    """The stacked float8 kernel's time in each configuration of SWEEP, with float32 partial
+    sums every K step (precise) and without, against bf16 cuBLAS and cuBLAS's float8 rowwise
+    GEMM of the same shape."""
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
-    print(f"{'shape':20s} {'config':28s} {'y ms':>7s} {'x bf16':>7s} {'x fp8 cuBLAS':>12s} "
-          f"{'y,g,u ms':>9s} {'x bf16':>7s}")
-    default = stacked.GPU_CONFIG
+    print(f"{'shape':20s} {'config, precise':34s} {'y ms':>7s} {'x bf16':>7s} "
+          f"{'x fp8 cuBLAS':>12s} {'y,g,u ms':>9s} {'x bf16':>7s}")
+    default, default_precise = stacked.GPU_CONFIG, stacked.PRECISE_ACCUMULATION
     for m, k, n in SHAPES:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(2 * n, k, device="cuda", dtype=torch.bfloat16) * k ** -0.5
@@ -89,17 +90,18 @@ def sweep():
         fp8 = ms(lambda: torch._scaled_mm(x_q, w_q.T, scale_a=x_s, scale_b=w_s.T,
                                           out_dtype=torch.bfloat16))
         weights = stack_weights_fp8(w[:n], w[n:])
-        for config in SWEEP:
-            stacked.GPU_CONFIG = config
+        for config, precise in itertools.product(SWEEP, (True, False)):
+            stacked.GPU_CONFIG, stacked.PRECISE_ACCUMULATION = config, precise
+            what = f"{config}, {precise}"
             try:
                 y_only, with_preact = (ms(lambda: fp8_stacked_swiglu_forward(
                     x_q, x_s, *weights, store_preact=store)) for store in (False, True))
             except triton.runtime.errors.OutOfResources as error:
-                print(f"{m}x{k}x{n:<8d} {str(config):28s} {error}")
+                print(f"{m}x{k}x{n:<8d} {what:34s} {error}")
                 continue
             finally:
-                stacked.GPU_CONFIG = default
-            print(f"{m}x{k}x{n:<8d} {str(config):28s} {y_only:7.3f} {bf16 / y_only:7.2f} "
+                stacked.GPU_CONFIG, stacked.PRECISE_ACCUMULATION = default, default_precise
+            print(f"{m}x{k}x{n:<8d} {what:34s} {y_only:7.3f} {bf16 / y_only:7.2f} "
                   f"{fp8 / y_only:12.2f} {with_preact:9.3f} {bf16 / with_preact:7.2f}")
 
 

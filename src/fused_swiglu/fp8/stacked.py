@@ -20,6 +20,11 @@ from .scaled_matmul import quantize_rows
 # ragged edges.
 GPU_CONFIG = (128, 128, 128, 8, 8, 3)
 INTERPRETER_CONFIG = (32, 32, 32, 2, 4, 1)
+# float32 partial sums every BLOCK_K products (kernels/fp8_gemm.fp8_mma), as DeepSeek-V3 does.
+# On sm_90 that holds a second accumulator beside the 128 x 256 tile's (128 more registers a
+# thread at 8 warps), which may be what keeps the kernel at 1.32x bf16 (v14) where a plain float8
+# GEMM of that tile ran 1.84x: `fp8_gemm_probe.py sweep` times both settings.
+PRECISE_ACCUMULATION = True
 
 
 def stack_weights_fp8(w_gate: torch.Tensor, w_up: torch.Tensor):
@@ -111,6 +116,7 @@ def fp8_stacked_swiglu_forward(x_q, x_scales, w_q, w_scales, *, activation="silu
         x_scales, w_scales, x_scales.stride(0), w_scales.stride(0), w_scales.stride(1),
         M, N, K, num_sms,
         ACTIVATION=ACTIVATION_CODES[activation], STORE_PREACT=store_preact,
+        PRECISE_ACC=PRECISE_ACCUMULATION,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
         num_warps=num_warps, num_stages=num_stages,
     )

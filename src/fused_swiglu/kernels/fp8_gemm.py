@@ -18,8 +18,9 @@ SCALE_GROUP = 128  # columns (along K) per scale, and rows (along N) per weight 
 
 
 @triton.jit
-def fp8_mma(a, b, acc):
-    """acc + a @ b of float8 tiles, accumulated in float32."""
+def fp8_mma(a, b, acc, PRECISE: tl.constexpr):
+    """acc + a @ b of float8 tiles, accumulated in float32 (PRECISE) or, on sm_90, in the
+    tensor cores' reduced-precision accumulator over the whole dot."""
     if INTERPRETING:
         # Triton 3.9's interpreter decodes float8 dot operands exactly (through float16;
         # checked against float64 for e4m3 and e5m2); the float32 upcast keeps the CPU tests
@@ -32,7 +33,9 @@ def fp8_mma(a, b, acc):
     # there); DeepSeek-V3 found that loses accuracy over long K and adds the partial sums into
     # float32 every 128 products along K. This asks for the same, once per K step. Not yet
     # measured for accuracy or speed.
-    return tl.dot(a, b, acc, max_num_imprecise_acc=a.shape[1], out_dtype=tl.float32)
+    if PRECISE:
+        return tl.dot(a, b, acc, max_num_imprecise_acc=a.shape[1], out_dtype=tl.float32)
+    return tl.dot(a, b, acc, out_dtype=tl.float32)
 
 
 @triton.jit
@@ -90,11 +93,11 @@ def fp8_swiglu_kernel(
             g_scale = tl.load(gate_scales + n_block * stride_gsn + k * stride_gsk)
             u_scale = tl.load(up_scales + n_block * stride_usn + k * stride_usk)
             zeros = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc_g += fp8_mma(a_tile, g_tile, zeros) * (a_scale * g_scale)[:, None]
-            acc_u += fp8_mma(a_tile, u_tile, zeros) * (a_scale * u_scale)[:, None]
+            acc_g += fp8_mma(a_tile, g_tile, zeros, True) * (a_scale * g_scale)[:, None]
+            acc_u += fp8_mma(a_tile, u_tile, zeros, True) * (a_scale * u_scale)[:, None]
         else:
-            acc_g = fp8_mma(a_tile, g_tile, acc_g)
-            acc_u = fp8_mma(a_tile, u_tile, acc_u)
+            acc_g = fp8_mma(a_tile, g_tile, acc_g, True)
+            acc_u = fp8_mma(a_tile, u_tile, acc_u, True)
     if GRANULARITY == 0:
         # rowwise scales are constant along K: applied once, to the sums
         a_scale = tl.load(a_scales + rows * stride_asm, mask=row_mask, other=0.0)

@@ -22,7 +22,7 @@ def fp8_stacked_swiglu_kernel(
     # gate's then up's, with strides w_scale_stride_w (between the two) and w_scale_stride_n
     a_scales, w_scales, a_scale_stride, w_scale_stride_w, w_scale_stride_n,
     M, N, K, NUM_SMS,
-    ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr,
+    ACTIVATION: tl.constexpr, STORE_PREACT: tl.constexpr, PRECISE_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
@@ -34,7 +34,7 @@ def fp8_stacked_swiglu_kernel(
         for k in range(tl.cdiv(K, BLOCK_K)):
             a_tile = a.load([pid_m * BLOCK_M, k * BLOCK_K])
             w_tile = w.load([0, pid_n * BLOCK_N, k * BLOCK_K]).reshape(2 * BLOCK_N, BLOCK_K)
-            acc = fp8_mma(a_tile, w_tile.T, acc)
+            acc = fp8_mma(a_tile, w_tile.T, acc, PRECISE_ACC)
 
         tile_stored += NUM_SMS
         pid_m, pid_n = grouped_tile(tile_stored, M, N, BLOCK_M, BLOCK_N, GROUP_M)
