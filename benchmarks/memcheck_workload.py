@@ -11,6 +11,7 @@ import torch
 
 from fused_swiglu import fp8, launch, swiglu, swiglu_mlp
 from fused_swiglu.fp8 import recipe
+from fused_swiglu.fp8.rows_columns import quantize_rows_and_columns
 from fused_swiglu.fp8.stacked import fp8_stacked_swiglu_forward, stack_weights_fp8
 
 
@@ -56,6 +57,10 @@ def float8_kernels():
     for store_preact in (False, True):
         fp8_stacked_swiglu_forward(x_q, x_s, *stack_weights_fp8(w_gate, w_up),
                                    store_preact=store_preact)
+    # the two-way quantizer on ragged tiles, contiguous and transposed, each way alone
+    for t in (x, x.t()):
+        for rows, columns in ((True, True), (True, False), (False, True)):
+            quantize_rows_and_columns(t, rows, columns)
 
 
 if __name__ == "__main__":

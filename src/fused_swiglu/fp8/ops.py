@@ -21,6 +21,36 @@ def _(t):
             t.new_empty((t.shape[0], 1), dtype=torch.float32))
 
 
+@torch.library.custom_op("fused_swiglu::fp8_quantize_both_ways", mutates_args=())
+def _quantize_both_ways(t: Tensor, rows: bool,
+                        columns: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(q, scales) of t's rows, then of t^T's; empty for a direction not asked for."""
+    by_rows, by_columns = _matmul.quantize_both_ways(t, rows, columns)
+    return (*(by_rows or _empty_pair(t)), *(by_columns or _empty_pair(t)))
+
+
+def _empty_pair(t):
+    return t.new_empty((0,), dtype=torch.float8_e4m3fn), t.new_empty((0,), dtype=torch.float32)
+
+
+@_quantize_both_ways.register_fake
+def _(t, rows, columns):
+    m, n = t.shape
+    by_rows = ((t.new_empty((m, n), dtype=torch.float8_e4m3fn),
+                t.new_empty((m, 1), dtype=torch.float32)) if rows else _empty_pair(t))
+    by_columns = ((t.new_empty((n, m), dtype=torch.float8_e4m3fn),
+                   t.new_empty((n, 1), dtype=torch.float32)) if columns else _empty_pair(t))
+    return (*by_rows, *by_columns)
+
+
+def quantize_both_ways(t: Tensor, rows: bool = True, columns: bool = True):
+    """(by_rows, by_columns): quantize_rows(t) and quantize_rows(t.t()), None where not
+    asked for."""
+    q_rows, row_scales, q_columns, column_scales = _quantize_both_ways(t, rows, columns)
+    return ((q_rows, row_scales) if rows else None,
+            (q_columns, column_scales) if columns else None)
+
+
 @torch.library.custom_op("fused_swiglu::fp8_scaled_matmul", mutates_args=())
 def scaled_matmul(a_q: Tensor, a_scales: Tensor, b_q: Tensor, b_scales: Tensor,
                   out_dtype: torch.dtype) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from ..tuning import runs_kernels
 from .launch import quantize_groups
+from .rows_columns import quantize_rows_and_columns
 from .recipe import quantize_rowwise
 
 # cuBLAS's float8 GEMM needs the shared dimension in multiples of 16; the row counts are
@@ -25,6 +26,15 @@ def quantize_rows(t: torch.Tensor):
     if runs_kernels(t) and t.numel():
         return quantize_groups(t, None)
     return quantize_rowwise(t)
+
+
+def quantize_both_ways(t: torch.Tensor, rows: bool = True, columns: bool = True):
+    """``(by_rows, by_columns)``: quantize_rows(t) and quantize_rows(t.t()) of t ``(M, N)``, bit
+    for bit, None where not asked for; the two-way kernels (fp8/rows_columns.py: two reads of t
+    for both) where they run, the recipe elsewhere."""
+    if runs_kernels(t) and t.numel():
+        return quantize_rows_and_columns(t, rows, columns)
+    return (quantize_rowwise(t) if rows else None, quantize_rowwise(t.t()) if columns else None)
 
 
 def _padded(q: torch.Tensor, columns: int) -> torch.Tensor:

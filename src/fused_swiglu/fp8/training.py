@@ -29,7 +29,7 @@ from .. import launch, ops
 from ..activations import ACTIVATIONS
 from ..tuning import runs_kernels
 from . import ops as fp8_ops
-from .ops import quantize_rows, scaled_matmul
+from .ops import quantize_both_ways, quantize_rows, scaled_matmul
 
 
 def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
@@ -69,14 +69,10 @@ def _weight_grad(d_out_t, a_t, w):
     return scaled_matmul(*a_t, *d_out_t, w.dtype)
 
 
-def _input_grad(d_outs, weights, dtype):
-    """sum of d_out @ w^T over the pairs, each d_out quantized per row along N and each
-    w (K, N) per row along N."""
-    dx = None
-    for d_out, w in zip(d_outs, weights):
-        part = scaled_matmul(*quantize_rows(d_out), *quantize_rows(w), dtype)
-        dx = part if dx is None else dx.add_(part)
-    return dx
+def _input_grad_part(d_out_rows, w, dtype):
+    """d_out @ w^T from d_out quantized per row along N, with w (K, N) quantized per row along
+    N here."""
+    return scaled_matmul(*d_out_rows, *quantize_rows(w), dtype)
 
 
 def _stored_preact(ctx, caller, x, w_gate, w_up, gate, up, dtype):
@@ -116,11 +112,18 @@ class Fp8SwiGLU(torch.autograd.Function):
 def _projection_grads(d_gate, d_up, x, w_gate, w_up, needs_input_grad):
     """(dx, dw_gate, dw_up), None where not needed, in float8 GEMMs."""
     need_x, need_wg, need_wu = needs_input_grad[:3]
-    dx = _input_grad((d_gate, d_up), (w_gate, w_up), x.dtype) if need_x else None
-    x_t = quantize_rows(x.t()) if need_wg or need_wu else None
-    dw_gate = _weight_grad(quantize_rows(d_gate.t()), x_t, w_gate) if need_wg else None
-    dw_up = _weight_grad(quantize_rows(d_up.t()), x_t, w_up) if need_wu else None
-    return dx, dw_gate, dw_up
+    x_t = quantize_both_ways(x, False, True)[1] if need_wg or need_wu else None
+    dx, weight_grads = None, []
+    # each of dg and du quantized both ways at once (two reads), its float8 copies dropped
+    # before the other's are made
+    for d_pre, w, need_w in ((d_gate, w_gate, need_wg), (d_up, w_up, need_wu)):
+        by_rows, by_columns = quantize_both_ways(d_pre, need_x, need_w)
+        if need_x:
+            part = _input_grad_part(by_rows, w, x.dtype)
+            dx = part if dx is None else dx.add_(part)
+        weight_grads.append(_weight_grad(by_columns, x_t, w) if need_w else None)
+        del by_rows, by_columns
+    return dx, *weight_grads
 
 
 def _down_projection(y, w_down, dtype):
@@ -146,14 +149,18 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
         gate, up = _stored_preact(ctx, "swiglu_mlp", x, w_gate, w_up, gate, up, d_out.dtype)
         d_out = d_out.contiguous()
         need_dw_down = ctx.needs_input_grad[3]
-        d_hidden = _input_grad((d_out,), (w_down,), d_out.dtype)
+        out_rows, out_columns = quantize_both_ways(d_out, True, need_dw_down)
+        d_hidden = _input_grad_part(out_rows, w_down, d_out.dtype)
+        del out_rows
         # the pass that computes dg and du writes y again for w_down's gradient
         d_gate, d_up, hidden = _gate_grads(ctx, d_hidden, gate, up, need_dw_down)
         del gate, up, d_hidden
         dw_down = None
         if need_dw_down:
-            dw_down = _weight_grad(quantize_rows(d_out.t()), quantize_rows(hidden.t()), w_down)
+            hidden_t = quantize_both_ways(hidden, False, True)[1]
             del hidden
+            dw_down = _weight_grad(out_columns, hidden_t, w_down)
+            del hidden_t, out_columns
         return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
                 dw_down, None, None)
 

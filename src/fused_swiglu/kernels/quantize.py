@@ -102,3 +102,65 @@ def quantize_groups_kernel(
                     other=0.0).to(tl.float32)
         value = to_float8(tl.math.div_rn(x, scale[:, None]), q.dtype.element_ty)
         tl.store(q + rows[:, None] * stride_qm + cols[None, :] * stride_qk, value, mask=mask)
+
+
+@triton.jit
+def row_column_amax_kernel(
+    # t (M x N, bfloat16, float16 or float32); the float32 bits (int32) of max |t| of each
+    # row, (M,), and of each column, (N,), both zero before the launch
+    t, row_amax, column_amax,
+    M, N, stride_tm, stride_tn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < M)[:, None] & (cols < N)[None, :]
+    x = tl.abs(tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tn, mask=mask,
+                       other=0.0).to(tl.float32))
+    # the bits of non-negative float32 values order as their int32 values do: an integer
+    # atomic maximum over the tiles is the exact float maximum, in any order
+    tl.atomic_max(row_amax + rows, tl.max(x, axis=1).to(tl.int32, bitcast=True),
+                  mask=rows < M)
+    tl.atomic_max(column_amax + cols, tl.max(x, axis=0).to(tl.int32, bitcast=True),
+                  mask=cols < N)
+
+
+@triton.jit
+def quantize_rows_columns_kernel(
+    # t (M x N); the maxima of row_column_amax_kernel; q_rows (M x N) with row_scales (M,)
+    # and q_columns, t^T quantized (N x M), with column_scales (N,); ROWS / COLUMNS say which
+    # of the two are written (the other pointers are then unused)
+    t, row_amax, column_amax, q_rows, row_scales, q_columns, column_scales,
+    M, N, stride_tm, stride_tn, stride_qrm, stride_qcn,
+    FP8_MAX: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tn, mask=mask,
+                other=0.0).to(tl.float32)
+    # the scales as quantize_groups_kernel computes them (IEEE divisions, 0 -> 1)
+    if ROWS:
+        amax = tl.load(row_amax + rows, mask=row_mask, other=0).to(tl.float32, bitcast=True)
+        scale = tl.math.div_rn(amax, FP8_MAX)
+        scale = tl.where(scale == 0.0, 1.0, scale)
+        if pid_n == 0:
+            tl.store(row_scales + rows, scale, mask=row_mask)
+        value = to_float8(tl.math.div_rn(x, scale[:, None]), q_rows.dtype.element_ty)
+        tl.store(q_rows + rows[:, None] * stride_qrm + cols[None, :], value, mask=mask)
+    if COLUMNS:
+        amax = tl.load(column_amax + cols, mask=col_mask, other=0).to(tl.float32,
+                                                                      bitcast=True)
+        scale = tl.math.div_rn(amax, FP8_MAX)
+        scale = tl.where(scale == 0.0, 1.0, scale)
+        if pid_m == 0:
+            tl.store(column_scales + cols, scale, mask=col_mask)
+        value = to_float8(tl.math.div_rn(x, scale[None, :]), q_columns.dtype.element_ty)
+        # stored transposed, as (N x M) rows: each column of t is a row of q_columns
+        tl.store(q_columns + cols[:, None] * stride_qcn + rows[None, :], tl.trans(value),
+                 mask=tl.trans(mask))
