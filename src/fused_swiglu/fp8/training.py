@@ -75,15 +75,18 @@ def _input_grad_part(d_out_rows, w, dtype):
     return scaled_matmul(*d_out_rows, *quantize_rows(w), dtype)
 
 
-def _stored_preact(ctx, caller, x, w_gate, w_up, gate, up, dtype):
-    """(g, u) for the backward: the saved ones, or with recompute computed again from x;
-    RuntimeError for a backward that autograd would differentiate (create_graph=True)."""
+def _backward_inputs(ctx, caller, x, w_gate, w_up, gate, up, dtype):
+    """(g, u, x^T quantized per channel or None): g and u saved, or with recompute computed
+    again from x, whose quantization both ways comes from one pair of passes; RuntimeError for
+    a backward that autograd would differentiate (create_graph=True)."""
     if torch.is_grad_enabled():
         raise RuntimeError(f"{caller}(fp8=...): gradients of gradients (create_graph=True) "
                            f"are not supported with float8; use fp8=False")
+    need_weight_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+    x_rows, x_t = quantize_both_ways(x, ctx.recompute, need_weight_grads)
     if ctx.recompute:
-        _, gate, up = _preact(*quantize_rows(x), dtype, w_gate, w_up, ctx.activation, True)
-    return gate, up
+        _, gate, up = _preact(*x_rows, dtype, w_gate, w_up, ctx.activation, True)
+    return gate, up, x_t
 
 
 class Fp8SwiGLU(torch.autograd.Function):
@@ -102,24 +105,24 @@ class Fp8SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, w_gate, w_up, gate, up = ops._saved_for_eager_backward(ctx)
-        gate, up = _stored_preact(ctx, "swiglu", x, w_gate, w_up, gate, up, dy.dtype)
+        gate, up, x_t = _backward_inputs(ctx, "swiglu", x, w_gate, w_up, gate, up, dy.dtype)
         d_gate, d_up, _ = _gate_grads(ctx, dy.contiguous(), gate, up)
         del gate, up
-        return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
+        return (*_projection_grads(d_gate, d_up, x_t, x.dtype, w_gate, w_up,
+                                   ctx.needs_input_grad),
                 None, None)
 
 
-def _projection_grads(d_gate, d_up, x, w_gate, w_up, needs_input_grad):
+def _projection_grads(d_gate, d_up, x_t, dtype, w_gate, w_up, needs_input_grad):
     """(dx, dw_gate, dw_up), None where not needed, in float8 GEMMs."""
     need_x, need_wg, need_wu = needs_input_grad[:3]
-    x_t = quantize_both_ways(x, False, True)[1] if need_wg or need_wu else None
     dx, weight_grads = None, []
     # each of dg and du quantized both ways at once (two reads), its float8 copies dropped
     # before the other's are made
     for d_pre, w, need_w in ((d_gate, w_gate, need_wg), (d_up, w_up, need_wu)):
         by_rows, by_columns = quantize_both_ways(d_pre, need_x, need_w)
         if need_x:
-            part = _input_grad_part(by_rows, w, x.dtype)
+            part = _input_grad_part(by_rows, w, dtype)
             dx = part if dx is None else dx.add_(part)
         weight_grads.append(_weight_grad(by_columns, x_t, w) if need_w else None)
         del by_rows, by_columns
@@ -146,7 +149,8 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         x, w_gate, w_up, w_down, gate, up = ops._saved_for_eager_backward(ctx)
-        gate, up = _stored_preact(ctx, "swiglu_mlp", x, w_gate, w_up, gate, up, d_out.dtype)
+        gate, up, x_t = _backward_inputs(ctx, "swiglu_mlp", x, w_gate, w_up, gate, up,
+                                         d_out.dtype)
         d_out = d_out.contiguous()
         need_dw_down = ctx.needs_input_grad[3]
         out_rows, out_columns = quantize_both_ways(d_out, True, need_dw_down)
@@ -161,7 +165,8 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
             del hidden
             dw_down = _weight_grad(out_columns, hidden_t, w_down)
             del hidden_t, out_columns
-        return (*_projection_grads(d_gate, d_up, x, w_gate, w_up, ctx.needs_input_grad),
+        return (*_projection_grads(d_gate, d_up, x_t, x.dtype, w_gate, w_up,
+                                   ctx.needs_input_grad),
                 dw_down, None, None)
 
 
