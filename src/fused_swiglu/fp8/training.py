@@ -17,10 +17,11 @@ g, u, y and their gradients (M, N):
 dg and du are computed in the input dtype from the stored g and u by the 16-bit backward's
 pass, which overwrites g and u with them where the kernels run eagerly (as the 16-bit backward
 does; a second backward through the graph then asks for recompute=True), then quantized.
-Autograd keeps what the 16-bit path keeps (x, the weights, and g and u unless recompute); each
-GEMM quantizes what it reads when it runs. On the CPU without
+Autograd keeps what the 16-bit path keeps (x, the weights, and g and u unless recompute); the
+operands are quantized when their GEMMs run, both ways in one pair of passes where two GEMMs
+read one tensor along different axes (dg, du, d_out; fp8/rows_columns.py). On the CPU without
 Triton's interpreter every step runs in PyTorch (the recipe's quantization, bit for bit the
-kernel's; float32 products of the dequantized operands), with the interpreter the kernels run
+kernels'; float32 products of the dequantized operands), with the interpreter the kernels run
 and the GEMMs of the backward in PyTorch."""
 
 import torch
