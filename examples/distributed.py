@@ -78,8 +78,10 @@ def start(args, parser):
     if args.device.type == "cuda":
         args.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(args.device)
-    dist.init_process_group("nccl" if args.device.type == "cuda" else "gloo",
-                            timeout=datetime.timedelta(minutes=10))
+    on_cuda = args.device.type == "cuda"
+    dist.init_process_group("nccl" if on_cuda else "gloo",
+                            timeout=datetime.timedelta(minutes=10),
+                            device_id=args.device if on_cuda else None)
     from torch.distributed.device_mesh import init_device_mesh
     mesh = init_device_mesh(args.device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
     return dist.get_rank(), world, mesh

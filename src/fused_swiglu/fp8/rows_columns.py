@@ -23,7 +23,9 @@ DTYPE = torch.float8_e4m3fn
 
 def quantize_rows_and_columns(t: torch.Tensor, rows: bool = True, columns: bool = True):
     """``t`` ``(M, N)`` in float8_e4m3fn with rowwise scaling both ways: exactly what
-    ``quantize_groups(t, None)`` and ``quantize_groups(t.t(), None)`` return.
+    ``quantize_groups(t, None)`` and ``quantize_groups(t.t(), None)`` return for finite t (the
+    recipe leaves the scales of NaN and infinity unspecified; here a NaN makes its row's and
+    column's scales NaN).
 
     Args:
         t: ``(M, N)``, bfloat16, float16 or float32, any strides; on a GPU, or on the CPU

@@ -51,6 +51,7 @@ def _gate_grads(ctx, dy, gate, up, with_product=False):
         product = launch.new_output(gate.shape, gate) if with_product else None
         ops._gate_grads_in_place(dy, gate, up, ctx.activation, product=product)
         ctx.overwritten = not ctx.recompute
+        ctx.grads_in_place = True
         return gate, up, product
     product = _product(gate, up, ctx.activation) if with_product else None
     return (ops.gate_grad(dy, gate, up, ctx.activation),
@@ -78,15 +79,17 @@ def _input_grad_part(d_out_rows, w, dtype):
 
 def _backward_inputs(ctx, caller, x, w_gate, w_up, gate, up, dtype):
     """(g, u, x^T quantized per channel or None): g and u saved, or with recompute computed
-    again from x, whose quantization both ways comes from one pair of passes; RuntimeError for
-    a backward that autograd would differentiate (create_graph=True)."""
+    again from x, whose quantization both ways then comes from one pair of passes (without
+    recompute x^T is quantized later, when the weight gradients need it); RuntimeError for a
+    backward that autograd would differentiate (create_graph=True)."""
     if torch.is_grad_enabled():
         raise RuntimeError(f"{caller}(fp8=...): gradients of gradients (create_graph=True) "
                            f"are not supported with float8; use fp8=False")
+    if not ctx.recompute:
+        return gate, up, None
     need_weight_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-    x_rows, x_t = quantize_both_ways(x, ctx.recompute, need_weight_grads)
-    if ctx.recompute:
-        _, gate, up = _preact(*x_rows, dtype, w_gate, w_up, ctx.activation, True)
+    x_rows, x_t = quantize_both_ways(x, True, need_weight_grads)
+    _, gate, up = _preact(*x_rows, dtype, w_gate, w_up, ctx.activation, True)
     return gate, up, x_t
 
 
@@ -109,24 +112,30 @@ class Fp8SwiGLU(torch.autograd.Function):
         gate, up, x_t = _backward_inputs(ctx, "swiglu", x, w_gate, w_up, gate, up, dy.dtype)
         d_gate, d_up, _ = _gate_grads(ctx, dy.contiguous(), gate, up)
         del gate, up
-        return (*_projection_grads(d_gate, d_up, x_t, x.dtype, w_gate, w_up,
-                                   ctx.needs_input_grad),
+        return (*_projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up),
                 None, None)
 
 
-def _projection_grads(d_gate, d_up, x_t, dtype, w_gate, w_up, needs_input_grad):
-    """(dx, dw_gate, dw_up), None where not needed, in float8 GEMMs."""
-    need_x, need_wg, need_wu = needs_input_grad[:3]
+def _projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up):
+    """(dx, dw_gate, dw_up), None where not needed, in float8 GEMMs; x_t is x^T quantized per
+    channel, or None to quantize it here."""
+    need_x, need_wg, need_wu = ctx.needs_input_grad[:3]
+    if x_t is None and (need_wg or need_wu):
+        x_t = quantize_both_ways(x, False, True)[1]
     dx, weight_grads = None, []
     # each of dg and du quantized both ways at once (two reads), its float8 copies dropped
     # before the other's are made
     for d_pre, w, need_w in ((d_gate, w_gate, need_wg), (d_up, w_up, need_wu)):
         by_rows, by_columns = quantize_both_ways(d_pre, need_x, need_w)
         if need_x:
-            part = _input_grad_part(by_rows, w, dtype)
+            part = _input_grad_part(by_rows, w, x.dtype)
             dx = part if dx is None else dx.add_(part)
         weight_grads.append(_weight_grad(by_columns, x_t, w) if need_w else None)
         del by_rows, by_columns
+        if d_pre is d_gate and getattr(ctx, "grads_in_place", False):
+            # dg lives in g's memory, which the node holds until it returns: given back now,
+            # as the 16-bit backward does, before du's float8 copies are made
+            ops._release_memory(d_gate)
     return dx, *weight_grads
 
 
@@ -166,8 +175,7 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
             del hidden
             dw_down = _weight_grad(out_columns, hidden_t, w_down)
             del hidden_t, out_columns
-        return (*_projection_grads(d_gate, d_up, x_t, x.dtype, w_gate, w_up,
-                                   ctx.needs_input_grad),
+        return (*_projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up),
                 dw_down, None, None)
 
 

@@ -19,8 +19,9 @@ SCALE_GROUP = 128  # columns (along K) per scale, and rows (along N) per weight 
 
 @triton.jit
 def fp8_mma(a, b, acc, PRECISE: tl.constexpr):
-    """acc + a @ b of float8 tiles, accumulated in float32 (PRECISE) or, on sm_90, in the
-    tensor cores' reduced-precision accumulator over the whole dot."""
+    """acc + a @ b of float8 tiles: PRECISE adds the dot's sum into float32 acc; without it,
+    on sm_90, Triton leaves the tensor cores' reduced-precision accumulator running over the
+    whole K loop."""
     if INTERPRETING:
         # Triton 3.9's interpreter decodes float8 dot operands exactly (through float16;
         # checked against float64 for e4m3 and e5m2); the float32 upcast keeps the CPU tests

@@ -163,4 +163,4 @@ def quantize_rows_columns_kernel(
         value = to_float8(tl.math.div_rn(x, scale[None, :]), q_columns.dtype.element_ty)
         # stored transposed, as (N x M) rows: each column of t is a row of q_columns
         tl.store(q_columns + cols[:, None] * stride_qcn + rows[None, :], tl.trans(value),
-                 mask=tl.trans(mask))
+                 mask=col_mask[:, None] & row_mask[None, :])
