@@ -26,7 +26,6 @@ peak memory per GPU the largest ``torch.cuda.max_memory_allocated()`` of the ran
 
 import copy
 import datetime
-import gc
 import json
 import os
 import sys
@@ -177,22 +176,13 @@ def main(argv=None) -> int:
         f"{args.intermediate}; batch {args.batch} x seq {args.seq}, {args.warmup} warm-up + "
         f"{args.steps} timed steps, {args.dtype}; data: {source}")
 
-    results, skipped = {}, {}
-    for variant in args.variants:
-        try:
-            r = train(variant, master, batches, args, mesh)
-        except train_hf.Skip as reason:
-            skipped[variant] = str(reason)
-            say(f"{variant}: skipped, {reason}")
-            continue
-        finally:
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        results[variant] = r
+    def report(variant, r):
         say(f"{variant}: {r['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, peak memory per "
             f"GPU {train_hf.gib(r['peak_memory_bytes_per_gpu'])}, loss {r['losses'][0]:.4f} -> "
             f"{r['losses'][-1]:.4f}")
+    results, skipped = train_hf.run_variants(
+        args.variants, device, lambda variant: train(variant, master, batches, args, mesh),
+        report, say)
     if rank == 0 and args.json:
         config = {k: v for k, v in vars(args).items() if k != "json"}
         config.update(device=str(device), card=card, processes=world, data=source,

@@ -249,6 +249,26 @@ def train(variant: str, master: torch.nn.Module, batches: torch.Tensor, args) ->
     }
 
 
+def run_variants(variants, device, train_one, report, say):
+    """``({variant: result}, {variant: why skipped})``: ``train_one(variant)`` for each, then
+    ``report(variant, result)``, or ``say`` the reason it raised Skip; each variant's model,
+    gradients and optimizer state are freed before the next starts."""
+    results, skipped = {}, {}
+    for variant in variants:
+        try:
+            results[variant] = train_one(variant)
+        except Skip as reason:
+            skipped[variant] = str(reason)
+            say(f"{variant}: skipped, {reason}")
+            continue
+        finally:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        report(variant, results[variant])
+    return results, skipped
+
+
 # ---------------------------------------------------------------------------------- report
 
 def kernel_path(device: torch.device) -> str:
@@ -310,23 +330,14 @@ def main(argv=None) -> int:
           f"{args.batch * args.seq:,} tokens a step; {args.warmup} warm-up + {args.steps} timed "
           f"steps of AdamW (lr {args.lr:g}), seed {args.seed}")
 
-    results, skipped = {}, {}
-    for variant in args.variants:
-        try:
-            r = train(variant, master, batches, args)
-        except Skip as reason:
-            skipped[variant] = str(reason)
-            print(f"{variant}: skipped, {reason}")
-            continue
-        finally:  # the variant's model, gradients and optimizer state go before the next
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        results[variant] = r
+    def report(variant, r):
         patched = f", {len(r['patched_modules'])} MLPs patched" if r["patched_modules"] else ""
         print(f"{variant}: {r['tokens_per_s']:,.0f} tokens/s, peak memory "
               f"{gib(r['peak_memory_bytes'])} ({gib(r['above_resting_bytes'])} above resting), "
               f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}{patched}")
+    results, skipped = run_variants(args.variants, device,
+                                    lambda variant: train(variant, master, batches, args),
+                                    report, print)
 
     if results:
         print()

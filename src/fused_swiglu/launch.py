@@ -301,12 +301,12 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool, activa
     pre-activations g and u, two (M, d_ff) tensors of their own (so that each can be freed
     without the other); None for them otherwise."""
     M, N = x.shape[0], w_gate.shape[1]
-    y = new_output((M, N), x)
     path, plan = _forward_plan(x, w_gate, w_up)
     if path == CUBLAS:
         gate, up = _cublas_preact(x, w_gate, w_up)
-        _glu_pointwise(None, gate, up, None, None, activation, product=y)
+        y = product_from_preact(gate, up, activation)
         return (y, gate, up) if store_preact else (y, None, None)
+    y = new_output((M, N), x)
     pair = (new_output((M, N), x), new_output((M, N), x)) if store_preact else None
     _dual_gemm(x, w_gate, w_up, y, pair, None, SWIGLU_FORWARD, fast_accum, plan=plan,
                activation=activation)
@@ -324,7 +324,8 @@ def swiglu_grads_from_preact(dy, gate, up, out=None, product=None, activation="s
 
 
 def product_from_preact(gate, up, activation="silu"):
-    """y = act(g) * u from g and u, both (M, N) row-major, in a new tensor."""
+    """y = act(g) * u from g and u, both (M, N) row-major, in a new tensor: the forward's
+    pass after cuBLAS's GEMMs."""
     product = new_output(gate.shape, gate)
     _glu_pointwise(None, gate, up, None, None, activation, product=product)
     return product

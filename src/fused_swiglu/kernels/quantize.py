@@ -59,6 +59,15 @@ def pow2_ceil(x):
 
 
 @triton.jit
+def scale_from_amax(amax, FP8_MAX: tl.constexpr):
+    """The recipe's scale of a group whose max |t| is amax: amax / FP8_MAX, 1 where that is 0.
+    An IEEE division (div.rn), as PyTorch divides: Triton's `/` on a GPU is an approximate
+    float32 division, which would not match the recipe's bits."""
+    scale = tl.math.div_rn(amax, FP8_MAX)
+    return tl.where(scale == 0.0, 1.0, scale)
+
+
+@triton.jit
 def quantize_groups_kernel(
     # pointers: t in (bfloat16, float16 or float32), q out (float8, M x K), scales out
     # (float32, M x ceil(K / group))
@@ -86,10 +95,7 @@ def quantize_groups_kernel(
         x = tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tk, mask=mask,
                     other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-    # IEEE divisions (div.rn), as PyTorch divides: Triton's `/` on a GPU is an approximate
-    # float32 division, which would not match the recipe's bits
-    scale = tl.math.div_rn(amax, FP8_MAX)
-    scale = tl.where(scale == 0.0, 1.0, scale)
+    scale = scale_from_amax(amax, FP8_MAX)
     if POW2_SCALES:
         scale = pow2_ceil(scale)
     tl.store(scales + rows * stride_sm + pid_g * stride_sg, scale, mask=row_mask)
@@ -144,11 +150,9 @@ def quantize_rows_columns_kernel(
     mask = row_mask[:, None] & col_mask[None, :]
     x = tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tn, mask=mask,
                 other=0.0).to(tl.float32)
-    # the scales as quantize_groups_kernel computes them (IEEE divisions, 0 -> 1)
     if ROWS:
         amax = tl.load(row_amax + rows, mask=row_mask, other=0).to(tl.float32, bitcast=True)
-        scale = tl.math.div_rn(amax, FP8_MAX)
-        scale = tl.where(scale == 0.0, 1.0, scale)
+        scale = scale_from_amax(amax, FP8_MAX)
         if pid_n == 0:
             tl.store(row_scales + rows, scale, mask=row_mask)
         value = to_float8(tl.math.div_rn(x, scale[:, None]), q_rows.dtype.element_ty)
@@ -156,8 +160,7 @@ def quantize_rows_columns_kernel(
     if COLUMNS:
         amax = tl.load(column_amax + cols, mask=col_mask, other=0).to(tl.float32,
                                                                       bitcast=True)
-        scale = tl.math.div_rn(amax, FP8_MAX)
-        scale = tl.where(scale == 0.0, 1.0, scale)
+        scale = scale_from_amax(amax, FP8_MAX)
         if pid_m == 0:
             tl.store(column_scales + cols, scale, mask=col_mask)
         value = to_float8(tl.math.div_rn(x, scale[None, :]), q_columns.dtype.element_ty)
