@@ -11,6 +11,7 @@ from fp8_checks import nan_output
 from fused_swiglu import SwiGLUMLP, swiglu, swiglu_mlp, swiglu_reference
 from fused_swiglu import tuning
 from fused_swiglu.fp8 import launch as fp8_launch
+from fused_swiglu.fp8 import stacked
 from fused_swiglu.fp8.reference import swiglu_fp8_training_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -25,6 +26,13 @@ FP8_TOLERANCE = 0.125
 # across a float8 rounding boundary (measured below 4e-3); a GEMM left in 16 bits is off by
 # the float8 error itself, about 0.04.
 RECIPE_TOLERANCE = 0.01
+# On a GPU the stacked kernel's forward accumulates without float32 promotion
+# (fused_swiglu.fp8.stacked.PRECISE_ACCUMULATION): its g and u are off float64 by about
+# 2.8e-5 * sqrt(K) norm-wise (fp8_checks.FAST_ACCUMULATION_NORM_EPS), and quantizing y, dg and
+# du again moves some of their elements across float8 rounding boundaries, about 8x that in
+# what follows (v15, H200, 4096 x 2048 x 5632: 0.0116-0.0129 against the emulation). This
+# much more, still well below a 16-bit GEMM's 0.04 at the shapes here.
+FAST_ACCUMULATION_TOLERANCE = 2.0 ** -12  # times sqrt(d_model)
 # (tokens, d_model, d_ff): d_model 48 takes the stacked kernel (16-byte rows), 40 the pointer
 # kernel; ragged tiles; one token
 SHAPES = [(37, 48, 40), (37, 40, 24), (1, 48, 256)]
@@ -76,14 +84,25 @@ def check(run, x, weights, d_out, activation="silu"):
         exact = exact @ leaves[3]
     exact_grads = dict(zip(names, torch.autograd.grad(exact, leaves, d_out.double())))
     assert out.dtype == x.dtype
-    assert relative_error(out, want["out"]) <= RECIPE_TOLERANCE
-    assert relative_error(out, exact) <= FP8_TOLERANCE
     for name, grad in grads.items():
         leaf = (x, *weights)[names.index(name)]
         assert grad.dtype == leaf.dtype and grad.shape == leaf.shape
-        assert relative_error(grad, want[name]) <= RECIPE_TOLERANCE, name
-        assert relative_error(grad, exact_grads[name]) <= FP8_TOLERANCE, name
+    # every error first, so that a failure shows them all
+    got = {"out": out, **grads}
+    to_recipe = {name: relative_error(t, want[name]) for name, t in got.items()}
+    to_exact = {name: relative_error(t, {"out": exact, **exact_grads}[name])
+                for name, t in got.items()}
+    tolerance = recipe_tolerance(x.shape[-1])
+    assert all(e <= tolerance for e in to_recipe.values()), (to_recipe, tolerance)
+    assert all(e <= FP8_TOLERANCE for e in to_exact.values()), to_exact
     return out, grads
+
+
+def recipe_tolerance(d_model):
+    """The tolerance against the emulation, for the path that this machine takes."""
+    # the stacked kernel takes rows of a multiple of 16 bytes (stacked.takes_descriptors)
+    fast = ON_GPU and not stacked.PRECISE_ACCUMULATION and d_model % 16 == 0
+    return RECIPE_TOLERANCE + (FAST_ACCUMULATION_TOLERANCE * d_model ** 0.5 if fast else 0.0)
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -251,9 +270,10 @@ if ON_GPU:
         graph.replay()
         want = swiglu_fp8_training_reference(x.detach(), *(w.detach() for w in weights[:2]),
                                              d_out, weights[2].detach())
-        assert relative_error(out, want["out"]) <= RECIPE_TOLERANCE
+        tolerance = recipe_tolerance(x.shape[-1])
+        assert relative_error(out, want["out"]) <= tolerance
         for name, grad in zip(["x", "w_gate", "w_up", "w_down"], grads):
-            assert relative_error(grad, want[name]) <= RECIPE_TOLERANCE, name
+            assert relative_error(grad, want[name]) <= tolerance, name
 
 
 def test_outlier_token_leaves_the_others_accurate(path):

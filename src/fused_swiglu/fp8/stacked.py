@@ -1,6 +1,5 @@
 """The float8 stacked forward (kernels/fp8_stacked_gemm.py): both weights quantized rowwise into
-one (2, N, K) buffer, and the launch on tensor descriptors. Not public yet: its speed against
-cuBLAS's float8 GEMM is for a GPU run to measure."""
+one (2, N, K) buffer, and the launch on tensor descriptors."""
 
 import torch
 
@@ -12,19 +11,22 @@ from . import launch
 from .launch import _check_scales, check_gemm_options, check_runnable
 from .scaled_matmul import quantize_rows
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages): untuned; BLOCK_N = 128 makes the
-# MMA 256 wide, the plain float8 TMA GEMM's tile that reached 1.84x bf16 cuBLAS on an H200, and
-# BLOCK_K = 128 float8 values are the bytes of the bf16 stacked kernel's 64: its 3 stages take
-# the same 144 KiB of shared memory (4 would take 192, and 224 with the staged output tile, at
-# the 227 KiB limit). The interpreter's small tiles make the CPU tests cross several tiles and
-# ragged edges.
-GPU_CONFIG = (128, 128, 128, 8, 8, 3)
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). BLOCK_N = 128 makes the MMA 256
+# wide, and BLOCK_K = 128 float8 values are the bytes of the bf16 stacked kernel's 64: its 3
+# stages take the same 144 KiB of shared memory. Chosen by `fp8_gemm_probe.py sweep` (v15, H200,
+# 22 configurations x 3 shapes): with fast accumulation this one ran y alone at 1.83-1.86x the
+# bf16 cuBLAS packed GEMM (1.03-1.10x cuBLAS's float8 rowwise GEMM), y, g and u at 1.62-1.79x;
+# GROUP_M 8 was 1-4% slower, 4 warps or BLOCK_N 64 10-80%. The interpreter's small tiles make
+# the CPU tests cross several tiles and ragged edges.
+GPU_CONFIG = (128, 128, 128, 16, 8, 3)
 INTERPRETER_CONFIG = (32, 32, 32, 2, 4, 1)
-# float32 partial sums every BLOCK_K products (kernels/fp8_gemm.fp8_mma), as DeepSeek-V3 does.
-# On sm_90 that holds a second accumulator beside the 128 x 256 tile's (128 more registers a
-# thread at 8 warps), which may be what keeps the kernel at 1.32x bf16 (v14) where a plain float8
-# GEMM of that tile ran 1.84x: `fp8_gemm_probe.py sweep` times both settings.
-PRECISE_ACCUMULATION = True
+# Whether to add the partial sums into float32 every BLOCK_K products (kernels/fp8_gemm.fp8_mma),
+# as DeepSeek-V3 does, instead of leaving Hopper's float8 accumulator running over all of K
+# (cuBLAS's use_fast_accum). Off: the forward GEMM then runs 1.31-1.40x faster (v15's sweep:
+# precise at best 1.32-1.37x bf16), and torchao's float8 recipes, tensorwise and rowwise, take
+# fast accumulation for this GEMM too (their gemm_config_output); the backward's GEMMs keep
+# float32 accumulation. `fp8_accuracy.py` measures what it costs against float64.
+PRECISE_ACCUMULATION = False
 
 
 def stack_weights_fp8(w_gate: torch.Tensor, w_up: torch.Tensor):
