@@ -348,3 +348,14 @@ def test_bench_csv_reads_back_in_summarize(tmp_path):
     assert [(r["layout"], r["path"], r["m"]) for r in loaded] == [("row_major", "", 4096),
                                                                    ("row_major", "dual", 4096)]
     assert math.isnan(loaded[0]["peak_mb"]) and loaded[1]["fwd_bwd_ms"] == 2.0
+
+
+def test_plot_losses_moving_mean():
+    spec = importlib.util.spec_from_file_location(
+        "plot_losses", ROOT / "benchmarks" / "plot_losses.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    values = [4.0, 2.0, 6.0, 8.0, 1.0]
+    # each the mean of itself and up to two before it
+    assert module.moving_mean(values, 3) == pytest.approx([4.0, 3.0, 4.0, 16 / 3, 5.0])
+    assert module.moving_mean(values, 1) == values
