@@ -1,5 +1,9 @@
 """Where the host time of one call goes. GPU only: python benchmarks/probe_launch.py
-[host | cprofile]"""
+[host | cprofile | fp8]
+
+fp8: the float8 block's forward+backward (swiglu_mlp(fp8=True)) at the HF Llama shape, where
+v15 found its kernels at 2.2 ms of a 3.3 ms span: its host time per call and the functions
+it goes to."""
 
 import sys
 import time
@@ -7,7 +11,7 @@ import time
 import torch
 import triton
 
-from fused_swiglu import launch, ops, swiglu
+from fused_swiglu import launch, ops, swiglu, swiglu_mlp
 from fused_swiglu.bench import linear_layout_operands
 from fused_swiglu.tuning import tuned_dual_gemm
 
@@ -104,22 +108,42 @@ def memory_and_time():
 
 def cprofile(m, d_model=4096, d_ff=11008, calls=100):
     """Python's profiler over forward+backward calls: which host functions the time goes to."""
-    import cProfile
-    import pstats
     x, w_gate, w_up = linear_layout_operands(m, d_model, d_ff, torch.bfloat16)
     for t in (x, w_gate, w_up):
         t.requires_grad_(True)
     dy = torch.randn(m, d_ff, device="cuda", dtype=x.dtype)
+    _profiled(lambda: torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy),
+              calls, f"M={m} d_model={d_model} d_ff={d_ff}")
+
+
+def fp8_block(m=8192, d_model=2048, d_ff=5632, calls=50):
+    """The float8 block's host time per forward+backward, and where it goes."""
+    x = torch.randn(m, d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weights = [(torch.randn(n, k, device="cuda") * k ** -0.5).to(torch.bfloat16).T
+               .requires_grad_() for n, k in ((d_ff, d_model), (d_ff, d_model), (d_model, d_ff))]
+    d_out = torch.randn(m, d_model, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        torch.autograd.grad(swiglu_mlp(x, *weights, fp8=True), (x, *weights), d_out)
+    print(f"\nfloat8 block, M={m} d_model={d_model} d_ff={d_ff}: host and GPU us per "
+          f"forward+backward: {host_us(step, calls):.0f}")
+    _profiled(step, calls, f"float8 block, M={m} d_model={d_model} d_ff={d_ff}")
+
+
+def _profiled(step, calls, what):
+    """Python's profiler over `calls` calls of step, after three unprofiled ones."""
+    import cProfile
+    import pstats
     for _ in range(3):
-        torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)
+        step()
     torch.cuda.synchronize()
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
-        torch.autograd.grad(swiglu(x, w_gate, w_up), (x, w_gate, w_up), dy)
+        step()
     torch.cuda.synchronize()
     profiler.disable()
-    print(f"\ncProfile, {calls} forward+backward calls, M={m} d_model={d_model} d_ff={d_ff}")
+    print(f"\ncProfile, {calls} forward+backward calls, {what}")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
@@ -127,6 +151,9 @@ if __name__ == "__main__":
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     if sys.argv[1:] == ["cprofile"]:
         cprofile(512)
+        sys.exit()
+    if sys.argv[1:] == ["fp8"]:
+        fp8_block()
         sys.exit()
     if sys.argv[1:] == ["host"]:
         layers(512, 4096, 11008)
