@@ -60,7 +60,8 @@ def takes_descriptors(x_q: torch.Tensor, n: int) -> bool:
 def fp8_stacked_swiglu_forward(x_q, x_scales, w_q, w_scales, *, activation="silu",
                                out_dtype=torch.bfloat16, store_preact=False):
     """``y = act(g) * u`` with ``[g, u] = x @ [w_gate; w_up]^T`` from float8 operands with
-    rowwise scales, as fused_swiglu.fp8.reference specifies (granularity "rowwise").
+    rowwise scales, as fused_swiglu.fp8.reference specifies (granularity "rowwise"), up to the
+    tensor cores' accumulation on a GPU (PRECISE_ACCUMULATION).
 
     Args:
         x_q: ``(M, K)`` float8_e4m3fn, row-major with 16-byte aligned rows (takes_descriptors),

@@ -50,7 +50,8 @@ def fp8_stacked_swiglu_kernel(
         gate_scale = tl.load(w_scales + cols * w_scale_stride_n, mask=cols < N, other=0.0)
         up_scale = tl.load(w_scales + w_scale_stride_w + cols * w_scale_stride_n,
                            mask=cols < N, other=0.0)
-        # float32 sums of exact float8 products, then two float32 roundings for the scales
+        # sums of exact float8 products (float32, or the tensor cores' accumulator without
+        # PRECISE_ACC), then two float32 roundings for the scales
         gate = gate * a_scale[:, None] * gate_scale[None, :]
         up = up * a_scale[:, None] * up_scale[None, :]
         y.store([off_m, off_n], rounded(activation(gate, ACTIVATION) * up, y.dtype))
