@@ -127,15 +127,16 @@ def _projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up):
     # before the other's are made
     for d_pre, w, need_w in ((d_gate, w_gate, need_wg), (d_up, w_up, need_wu)):
         by_rows, by_columns = quantize_both_ways(d_pre, need_x, need_w)
+        if getattr(ctx, "grads_in_place", False):
+            # dg and du live in g's and u's memory, which the node holds until it returns; the
+            # GEMMs read only their float8 copies, so each is given back now, before the GEMMs
+            # allocate (the 16-bit backward, whose GEMMs read dg itself, gives it back after)
+            ops._release_memory(d_pre)
         if need_x:
             part = _input_grad_part(by_rows, w, x.dtype)
             dx = part if dx is None else dx.add_(part)
         weight_grads.append(_weight_grad(by_columns, x_t, w) if need_w else None)
         del by_rows, by_columns
-        if d_pre is d_gate and getattr(ctx, "grads_in_place", False):
-            # dg lives in g's memory, which the node holds until it returns: given back now,
-            # as the 16-bit backward does, before du's float8 copies are made
-            ops._release_memory(d_gate)
     return dx, *weight_grads
 
 
