@@ -68,13 +68,17 @@ def scaled_matmul(a_q: Tensor, a_scales: Tensor, b_q: Tensor, b_scales: Tensor,
     """(a_q * a_scales) @ (b_q * b_scales)^T in out_dtype, row-major."""
     if torch.compiler.is_compiling():
         return _scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype)
+    return _row_major_scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype)
+
+
+def _row_major_scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype):
     return _matmul.scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype).contiguous()
 
 
 @torch.library.custom_op("fused_swiglu::fp8_scaled_matmul", mutates_args=())
 def _scaled_matmul(a_q: Tensor, a_scales: Tensor, b_q: Tensor, b_scales: Tensor,
                    out_dtype: torch.dtype) -> Tensor:
-    return _matmul.scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype).contiguous()
+    return _row_major_scaled_matmul(a_q, a_scales, b_q, b_scales, out_dtype)
 
 
 @_scaled_matmul.register_fake
@@ -88,6 +92,11 @@ def gated_forward(x_q: Tensor, x_scales: Tensor, w_gate: Tensor, w_up: Tensor,
     u None (empty tensors when compiling) unless store_preact."""
     if torch.compiler.is_compiling():
         return _gated_forward_op(x_q, x_scales, w_gate, w_up, dtype, activation, store_preact)
+    return _stacked_gated_forward(x_q, x_scales, w_gate, w_up, dtype, activation, store_preact)
+
+
+def _stacked_gated_forward(x_q, x_scales, w_gate, w_up, dtype, activation, store_preact):
+    """fp8/gated.py's forward, both weights quantized into stack_weights_fp8's buffer first."""
     return _gated_forward(x_q, x_scales, *stack_weights_fp8(w_gate.t(), w_up.t()), dtype,
                           activation, store_preact)
 
@@ -96,8 +105,8 @@ def gated_forward(x_q: Tensor, x_scales: Tensor, w_gate: Tensor, w_up: Tensor,
 def _gated_forward_op(x_q: Tensor, x_scales: Tensor, w_gate: Tensor, w_up: Tensor,
                       dtype: torch.dtype, activation: str,
                       store_preact: bool) -> tuple[Tensor, Tensor, Tensor]:
-    y, gate, up = _gated_forward(x_q, x_scales, *stack_weights_fp8(w_gate.t(), w_up.t()),
-                                 dtype, activation, store_preact)
+    y, gate, up = _stacked_gated_forward(x_q, x_scales, w_gate, w_up, dtype, activation,
+                                         store_preact)
     if not store_preact:
         gate, up = y.new_empty((0,)), y.new_empty((0,))
     return y, gate, up
