@@ -5,9 +5,14 @@ import copy
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, ON_GPU
+from fp8_checks import nan_output
 
-from fused_swiglu import SwiGLUMLP, quantize_fp8, swiglu_mlp
+from fused_swiglu import SwiGLUMLP, quantize_fp8, swiglu_mlp, tuning
+from fused_swiglu.activations import ACTIVATIONS
+from fused_swiglu.fp8 import launch as fp8_launch
+from fused_swiglu.fp8 import quantize_rowwise
+from fused_swiglu.fp8.decode import DECODE_MAX_TOKENS
 from fused_swiglu.fp8.inference import QuantizedSwiGLUMLP
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -30,7 +35,9 @@ def test_matches_fp8_training_forward(packed, activation, d_model):
     original = model(packed, activation, d_model)
     quantized = quantize_fp8(copy.deepcopy(original))
     assert all(isinstance(quantized[i], QuantizedSwiGLUMLP) for i in (0, 2))
-    x = torch.randn(3, 7, d_model, device=DEVICE, dtype=torch.bfloat16)
+    # more tokens than a decode step: the prefill, float8 products as in training
+    x = torch.randn(3, 13, d_model, device=DEVICE, dtype=torch.bfloat16)
+    assert 3 * 13 > DECODE_MAX_TOKENS
     with torch.no_grad():
         first = swiglu_mlp(x, *original[0].projection_weights(), activation=activation,
                            fp8=True)
@@ -70,3 +77,76 @@ def test_forward_only_and_checked():
     assert type(mixed[0]) is SwiGLUMLP  # checked before anything changed
     assert "float8 weights" in repr(quantized[0])
     assert quantize_fp8(quantized) is quantized  # nothing left to convert
+
+
+@pytest.fixture(params=["kernels", "pytorch"] if not ON_GPU else ["kernels"])
+def path(request, monkeypatch):
+    """"kernels": the Triton kernels (the interpreter on a CPU), their outputs poisoned;
+    "pytorch": the plain-PyTorch path that CPU tensors take without the interpreter."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(tuning, "interpreting", lambda: False)
+
+        def no_kernels(*args, **kwargs):
+            raise AssertionError("a kernel ran on the plain-PyTorch path")
+        monkeypatch.setattr(fp8_launch, "new_output", no_kernels)
+    else:
+        monkeypatch.setattr(fp8_launch, "new_output", nan_output)
+    return request.param
+
+
+def weight_only_reference(mlp, x):
+    """float64 products of x, in its own precision, with the module's dequantized float8
+    weights; y rounded to x's dtype between the projections, as the kernels store it."""
+    def dequantized(weight, scales):
+        return weight.double() * scales.double()
+    gate_up = dequantized(mlp.gate_up_weight, mlp.gate_up_scales)
+    x2 = x.reshape(-1, x.shape[-1]).double()
+    y = ACTIVATIONS[mlp.activation](x2 @ gate_up[0].t()) * (x2 @ gate_up[1].t())
+    out = y.to(x.dtype).double() @ dequantized(mlp.down_weight, mlp.down_scales).t()
+    return out.reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 17, DECODE_MAX_TOKENS])
+@pytest.mark.parametrize("dtype, activation, d_model, d_ff",
+                         [(torch.bfloat16, "silu", 48, 40), (torch.float16, "gelu_tanh", 40, 72),
+                          (torch.bfloat16, "gelu", 300, 136)],
+                         ids=["bf16 silu", "fp16 gelu_tanh ragged", "bf16 gelu long K"])
+def test_decode_step_keeps_activations_in_16_bits(path, tokens, dtype, activation, d_model,
+                                                 d_ff):
+    # up to DECODE_MAX_TOKENS tokens only the weights are float8: the output is the float64
+    # product of the unquantized x with the dequantized weights, up to float32 sums and the
+    # output's rounding
+    torch.manual_seed(tokens)
+    mlp = quantize_fp8(SwiGLUMLP(d_model, d_ff, activation=activation, device=DEVICE,
+                                 dtype=dtype))
+    # columns of very different sizes, which quantizing x per token would blur
+    x = torch.randn(tokens, d_model) * 2.0 ** torch.randint(-6, 7, (d_model,))
+    x = x.to(device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        got = mlp(x)
+    want = weight_only_reference(mlp, x)
+    assert got.dtype == dtype and got.shape == want.shape and torch.isfinite(got).all()
+    assert within_decode_tolerance(got, want).all()
+    # x quantized per token, as a prefill does, would be outside that tolerance
+    x_q, x_scales = quantize_rowwise(x)
+    quantized_x = (x_q.double() * x_scales.double()).to(dtype)
+    assert not within_decode_tolerance(weight_only_reference(mlp, quantized_x), want).all()
+
+
+def within_decode_tolerance(got, want):
+    """Which elements of got are within float32 sums and one 16-bit rounding of the float64
+    result (with a floor at the output's scale, for results that cancel)."""
+    return ((got.double() - want).abs()
+            <= 2.0 ** -7 * want.abs() + 2.0 ** -12 * want.abs().max())
+
+
+def test_decode_step_takes_leading_dims_and_strided_inputs(path):
+    mlp = quantize_fp8(SwiGLUMLP(48, 40, device=DEVICE, dtype=torch.bfloat16))
+    x = torch.randn(2, 3, 96, device=DEVICE, dtype=torch.bfloat16)[..., ::2]
+    with torch.no_grad():
+        got = mlp(x)
+    want = weight_only_reference(mlp, x.contiguous())
+    assert got.shape == (2, 3, 48)
+    assert within_decode_tolerance(got, want).all()
+    with torch.no_grad():
+        assert mlp(x[:, :0]).shape == (2, 0, 48)

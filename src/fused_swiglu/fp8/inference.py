@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_activation
+from .decode import DECODE_MAX_TOKENS, weight_only_matmul
 from .gated import gated_forward
 from .scaled_matmul import quantize_rows, scaled_matmul
 from .stacked import stack_weights_fp8
@@ -15,7 +16,12 @@ class QuantizedSwiGLUMLP(nn.Module):
     held as buffers: ``gate_up_weight`` ``(2, d_ff, d_model)`` with ``gate_up_scales``
     ``(2, d_ff, 1)`` (gate first), ``down_weight`` ``(d_model, d_ff)`` with ``down_scales``
     ``(d_model, 1)``. Forward only: inputs that require grad raise RuntimeError. Inputs in the
-    dtype the weights had (``dtype``), which the output keeps."""
+    dtype the weights had (``dtype``), which the output keeps.
+
+    Up to ``DECODE_MAX_TOKENS`` (32) tokens, a decode step, the activations stay in 16 bits and
+    meet the float8 weights in 16-bit products (fp8/decode.py): the step is bound by reading
+    the weights, whose bytes float8 halves. From 33 tokens on, x and y are quantized per token
+    as well and every product runs on float8 tensor cores."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -33,6 +39,13 @@ class QuantizedSwiGLUMLP(nn.Module):
                              f"{self.dtype} on {self.gate_up_weight.device}, got "
                              f"{tuple(x.shape)} in {x.dtype} on {x.device}")
         x2 = x.reshape(-1, d_model)
+        if x2.shape[0] <= DECODE_MAX_TOKENS:
+            # a decode step, bound by reading the weights (fp8/decode.py)
+            y = weight_only_matmul(x2, self.gate_up_weight, self.gate_up_scales, gated=True,
+                                   activation=self.activation)
+            out = weight_only_matmul(y, self.down_weight[None], self.down_scales[None],
+                                     gated=False)
+            return out.reshape(*x.shape[:-1], d_model)
         y = gated_forward(*quantize_rows(x2), self.gate_up_weight, self.gate_up_scales,
                           self.dtype, self.activation, False)[0]
         out = scaled_matmul(*quantize_rows(y), self.down_weight, self.down_scales, self.dtype)

@@ -14,9 +14,19 @@ from .reference import GRANULARITIES
 # the kernel reads these (float64 stays with the recipe)
 KERNEL_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
-# Untuned starting points, to be measured on a GPU: rows per program, and the widest column
-# chunk a program holds at once (a whole row of a rowwise group is walked in chunks).
-BLOCK_M = 8
+# quantize_groups' launch. A group up to ONE_CHUNK_MAX_WIDTH columns wide (rounded up to a
+# power of two) is read once and held in registers, BLOCK_ELEMENTS to a program, with
+# ELEMENTS_PER_THREAD in each thread's registers; a wider one is walked twice (its maximum,
+# then its quantization) in chunks of MAX_BLOCK_K columns, TWO_PASS_BLOCK_M rows a program.
+# On an H200 (NOTES.md, v16) one read took 31 us for 8192 x 4096 where two took 50, and 83 us
+# for 1 x 128 groups of 8192 x 11008 where two took 114; whole rows of 11008 or 28672 columns
+# (16384 and 32768 lanes) were 1.2x faster in two passes. Under the interpreter the threshold
+# is low, so that the CPU tests take both ways.
+ONE_CHUNK_MAX_WIDTH = 8192
+INTERPRETER_ONE_CHUNK_MAX_WIDTH = INTERPRETER_MAX_BLOCK_K = 64
+BLOCK_ELEMENTS = 4096
+ELEMENTS_PER_THREAD = 32
+TWO_PASS_BLOCK_M = 8
 MAX_BLOCK_K = 1024
 
 
@@ -67,15 +77,29 @@ def quantize_groups(t: torch.Tensor, group=128, dtype=torch.float8_e4m3fn,
         # nothing to read: every scale is an all-zero group's, 1 (as the recipe has it)
         scales.fill_(1.0)
         return q, scales
-    block_k = min(_next_power_of_2(group), MAX_BLOCK_K)
-    grid = (-(-M // BLOCK_M), n_groups)
+    block_m, block_k, one_chunk, num_warps = _groups_launch(group)
+    grid = (-(-M // block_m), n_groups)
     quantize_groups_kernel[grid](
         t, q, scales,
         M, K, group,
         t.stride(0), t.stride(1), q.stride(0), q.stride(1), scales.stride(0), scales.stride(1),
-        FP8_MAX=FP8_MAX[dtype], POW2_SCALES=pow2_scales, BLOCK_M=BLOCK_M, BLOCK_K=block_k,
+        FP8_MAX=FP8_MAX[dtype], POW2_SCALES=pow2_scales, BLOCK_M=block_m, BLOCK_K=block_k,
+        ONE_CHUNK=one_chunk, num_warps=num_warps,
     )
     return q, scales
+
+
+def _groups_launch(group: int):
+    """(BLOCK_M, BLOCK_K, ONE_CHUNK, num_warps) of quantize_groups_kernel for groups of
+    `group` columns."""
+    width = _next_power_of_2(group)
+    one_chunk_max, max_block_k = ((INTERPRETER_ONE_CHUNK_MAX_WIDTH, INTERPRETER_MAX_BLOCK_K)
+                                  if interpreting() else (ONE_CHUNK_MAX_WIDTH, MAX_BLOCK_K))
+    if width > one_chunk_max:
+        return TWO_PASS_BLOCK_M, min(width, max_block_k), False, 4
+    block_m = max(1, BLOCK_ELEMENTS // width)
+    threads = block_m * width // ELEMENTS_PER_THREAD
+    return block_m, width, True, min(max(threads // 32, 1), 16)
 
 
 # granularity name (fused_swiglu.fp8.reference) -> the GEMM kernel's GRANULARITY

@@ -78,9 +78,10 @@ def quantize_groups_kernel(
     # strides
     stride_tm, stride_tk, stride_qm, stride_qk, stride_sm, stride_sg,
     # meta-parameters: FP8_MAX is q's largest finite value; POW2_SCALES rounds each scale up
-    # to a power of two; a program quantizes BLOCK_M rows of one group, BLOCK_K columns at a time
+    # to a power of two; a program quantizes BLOCK_M rows of one group, BLOCK_K columns at a
+    # time, or with ONE_CHUNK (BLOCK_K >= group) the whole group at once
     FP8_MAX: tl.constexpr, POW2_SCALES: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):
     pid_g = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -88,26 +89,43 @@ def quantize_groups_kernel(
     end_col = tl.minimum(first_col + group, K)
     row_mask = rows < M
 
-    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for k in range(0, group, BLOCK_K):
-        cols = first_col + k + tl.arange(0, BLOCK_K)
+    if ONE_CHUNK:
+        # the whole group in one chunk (BLOCK_K >= group): read once, kept in registers
+        cols = first_col + tl.arange(0, BLOCK_K)
         mask = row_mask[:, None] & (cols[None, :] < end_col)
         x = tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tk, mask=mask,
                     other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+        scale = _group_scale(tl.max(tl.abs(x), axis=1), FP8_MAX, POW2_SCALES)
+        tl.store(scales + rows * stride_sm + pid_g * stride_sg, scale, mask=row_mask)
+        value = to_float8(tl.math.div_rn(x, scale[:, None]), q.dtype.element_ty)
+        tl.store(q + rows[:, None] * stride_qm + cols[None, :] * stride_qk, value, mask=mask)
+    else:
+        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k in range(0, group, BLOCK_K):
+            cols = first_col + k + tl.arange(0, BLOCK_K)
+            mask = row_mask[:, None] & (cols[None, :] < end_col)
+            x = tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tk, mask=mask,
+                        other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+        scale = _group_scale(amax, FP8_MAX, POW2_SCALES)
+        tl.store(scales + rows * stride_sm + pid_g * stride_sg, scale, mask=row_mask)
+        # a second pass reads the group again (from L2 where the rows in flight fit there)
+        for k in range(0, group, BLOCK_K):
+            cols = first_col + k + tl.arange(0, BLOCK_K)
+            mask = row_mask[:, None] & (cols[None, :] < end_col)
+            x = tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tk, mask=mask,
+                        other=0.0).to(tl.float32)
+            value = to_float8(tl.math.div_rn(x, scale[:, None]), q.dtype.element_ty)
+            tl.store(q + rows[:, None] * stride_qm + cols[None, :] * stride_qk, value,
+                     mask=mask)
+
+
+@triton.jit
+def _group_scale(amax, FP8_MAX: tl.constexpr, POW2_SCALES: tl.constexpr):
     scale = scale_from_amax(amax, FP8_MAX)
     if POW2_SCALES:
         scale = pow2_ceil(scale)
-    tl.store(scales + rows * stride_sm + pid_g * stride_sg, scale, mask=row_mask)
-
-    # a second pass reads the group again (128 columns: from cache on a GPU, not measured yet)
-    for k in range(0, group, BLOCK_K):
-        cols = first_col + k + tl.arange(0, BLOCK_K)
-        mask = row_mask[:, None] & (cols[None, :] < end_col)
-        x = tl.load(t + rows[:, None] * stride_tm + cols[None, :] * stride_tk, mask=mask,
-                    other=0.0).to(tl.float32)
-        value = to_float8(tl.math.div_rn(x, scale[:, None]), q.dtype.element_ty)
-        tl.store(q + rows[:, None] * stride_qm + cols[None, :] * stride_qk, value, mask=mask)
+    return scale
 
 
 @triton.jit
