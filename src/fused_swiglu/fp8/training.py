@@ -19,7 +19,8 @@ pass, which overwrites g and u with them where the kernels run eagerly (as the 1
 does; a second backward through the graph then asks for recompute=True), then quantized.
 Autograd keeps what the 16-bit path keeps (x, the weights, and g and u unless recompute); the
 operands are quantized when their GEMMs run, both ways in one pair of passes where two GEMMs
-read one tensor along different axes (dg, du, d_out; fp8/rows_columns.py). On the CPU without
+read one tensor along different axes (dg, du; fp8/rows_columns.py; d_out's two are made apart,
+the second after the gate-gradient pass, whose peak it would raise). On the CPU without
 Triton's interpreter every step runs in PyTorch (the recipe's quantization, bit for bit the
 kernels'; float32 products of the dequantized operands), with the interpreter the kernels run
 and the GEMMs of the backward in PyTorch."""
@@ -164,14 +165,15 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
                                          d_out.dtype)
         d_out = d_out.contiguous()
         need_dw_down = ctx.needs_input_grad[3]
-        out_rows, out_columns = quantize_both_ways(d_out, True, need_dw_down)
-        d_hidden = _input_grad_part(out_rows, w_down, d_out.dtype)
-        del out_rows
+        d_hidden = _input_grad_part(quantize_rows(d_out), w_down, d_out.dtype)
         # the pass that computes dg and du writes y again for w_down's gradient
         d_gate, d_up, hidden = _gate_grads(ctx, d_hidden, gate, up, need_dw_down)
         del gate, up, d_hidden
         dw_down = None
         if need_dw_down:
+            # d_out^T quantized only now, not with d_out's rows (one more read of d_out): the
+            # backward's peak is the pass above, which its copy would have grown
+            out_columns = quantize_both_ways(d_out, False, True)[1]
             hidden_t = quantize_both_ways(hidden, False, True)[1]
             del hidden
             dw_down = _weight_grad(out_columns, hidden_t, w_down)
