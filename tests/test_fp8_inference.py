@@ -150,3 +150,13 @@ def test_decode_step_takes_leading_dims_and_strided_inputs(path):
     assert within_decode_tolerance(got, want).all()
     with torch.no_grad():
         assert mlp(x[:, :0]).shape == (2, 0, 48)
+
+
+def test_weight_only_product_crosses_token_tiles(path):
+    # weight_only_matmul itself takes any token count: 70 tokens make three 32-token tiles
+    from fused_swiglu.fp8.decode import weight_only_matmul
+    mlp = quantize_fp8(SwiGLUMLP(48, 40, device=DEVICE, dtype=torch.bfloat16))
+    y = torch.randn(70, 40, device=DEVICE, dtype=torch.bfloat16)
+    got = weight_only_matmul(y, mlp.down_weight[None], mlp.down_scales[None], gated=False)
+    want = y.double() @ (mlp.down_weight.double() * mlp.down_scales.double()).t()
+    assert within_decode_tolerance(got, want).all()

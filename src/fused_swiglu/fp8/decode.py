@@ -16,13 +16,14 @@ from . import launch
 
 __all__ = ["DECODE_MAX_TOKENS", "weight_only_matmul"]
 
-# The tokens' tile: the smallest tl.dot takes. 32 tokens run as two tiles, whose second reads
-# the weights from L2; one 32-token tile ran 1.4-2.7x slower on an H200 (NOTES.md, v16).
-BLOCK_M = 16
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the gated product (N = d_ff) and of the down
-# projection (N = d_model, K = d_ff), measured on an H200 (NOTES.md, v16). Under the
-# interpreter small tiles make the CPU tests cross several.
-GPU_CONFIGS = {True: (32, 256, 4, 4), False: (32, 256, 4, 4)}
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) by (gated, BLOCK_M): the gated product (N = d_ff,
+# K = d_model) and the down projection (N = d_model, K = d_ff); BLOCK_M, the tokens' tile, is
+# 16 (the smallest tl.dot takes) up to 16 tokens, else 32. The best of 12-15 configurations at
+# 4096 x 11008, 4096 x 14336 and 8192 x 28672 on an H200 (NOTES.md, v16). 32 tokens as two
+# 16-token tiles ran 1.2-1.4x slower than one 32-token tile. Under the interpreter small tiles
+# make the CPU tests cross several.
+GPU_CONFIGS = {(True, 16): (32, 128, 4, 4), (False, 16): (16, 512, 2, 3),
+               (True, 32): (64, 128, 4, 4), (False, 32): (16, 512, 4, 3)}
 INTERPRETER_CONFIG = (16, 32, 4, 1)
 
 
@@ -46,11 +47,12 @@ def weight_only_matmul(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, *
         if gated:
             return (ACTIVATIONS[activation](products[0]) * products[1]).to(a.dtype)
         return products[0].to(a.dtype)
+    block_m = 16 if M <= 16 else 32
     block_n, block_k, num_warps, num_stages = (INTERPRETER_CONFIG if interpreting()
-                                               else GPU_CONFIGS[gated])
+                                               else GPU_CONFIGS[gated, block_m])
     # looked up on the module at each call, so that tests can poison the outputs
     out = launch.new_output((M, N), a.dtype, a)
-    grid = (-(-N // block_n) * -(-M // BLOCK_M),)
+    grid = (-(-N // block_n) * -(-M // block_m),)
     fp8_weight_gemm_kernel[grid](
         a, w, scales, out,
         M, N, K,
@@ -59,7 +61,7 @@ def weight_only_matmul(a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, *
         scales.stride(0), scales.stride(1),
         out.stride(0), out.stride(1),
         GATED=gated, ACTIVATION=ACTIVATION_CODES[activation],
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
