@@ -11,6 +11,7 @@ import torch
 
 from fused_swiglu import fp8, launch, swiglu, swiglu_mlp
 from fused_swiglu.fp8 import recipe
+from fused_swiglu.fp8.decode import weight_only_matmul
 from fused_swiglu.fp8.rows_columns import quantize_rows_and_columns
 from fused_swiglu.fp8.stacked import fp8_stacked_swiglu_forward, stack_weights_fp8
 
@@ -61,6 +62,17 @@ def float8_kernels():
     for t in (x, x.t()):
         for rows, columns in ((True, True), (True, False), (False, True)):
             quantize_rows_and_columns(t, rows, columns)
+    # quantize_groups in one read and in two (ragged groups, whole rows wider than one chunk)
+    wide = torch.randn(37, 9000, device="cuda", dtype=torch.bfloat16)
+    for t, group in ((x, None), (x, 128), (x, 100), (wide, None), (wide, 128)):
+        fp8.quantize_groups(t, group=group)
+    # the decode step's float8-weight products: 16- and 32-token tiles, ragged sizes
+    for tokens in (1, 13, 32):
+        x = torch.randn(tokens, 208, device="cuda", dtype=torch.bfloat16)
+        weights, scales = stack_weights_fp8(w_gate, w_up)
+        y = weight_only_matmul(x, weights, scales, gated=True)
+        down, down_scales = fp8.quantize_groups(w_gate.t().contiguous(), group=None)
+        weight_only_matmul(y, down[None], down_scales[None], gated=False)
 
 
 if __name__ == "__main__":
