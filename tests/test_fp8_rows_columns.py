@@ -67,3 +67,32 @@ def test_errors():
         quantize_rows_and_columns(t.double())
     with pytest.raises(ValueError, match="2-D"):
         quantize_rows_and_columns(t[None])
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_maxima_recorded_by_the_gate_gradient_pass(shape, activation):
+    # the 16-bit backward's pass records dg's, du's and y's maxima as it writes them: the
+    # quantization from those is the one from the maxima's own pass, bit for bit
+    from fused_swiglu import launch
+    m, n = shape
+    gate, up, dy = (sample(shape, torch.bfloat16) for _ in range(3))
+    if m > 3:
+        dy[3] = 0  # all-zero rows of dg and du: scale 1
+    dy[0, -1] = 3e4
+    product = torch.full_like(gate, float("nan"))
+    maxima = torch.zeros(3, m + n, dtype=torch.int32, device=DEVICE).unbind()
+    d_gate, d_up = launch.swiglu_grads_from_preact(dy, gate, up, product=product,
+                                                   activation=activation, maxima=maxima)
+    for t, t_maxima in zip((d_gate, d_up, product), maxima):
+        recorded = quantize_rows_and_columns(t, maxima=t_maxima.clone())
+        for got, want in zip(recorded, quantize_rows_and_columns(t)):
+            assert_same_quantization(got, want)
+
+
+def test_maxima_of_the_wrong_shape_are_refused():
+    t = sample((6, 5), torch.bfloat16)
+    with pytest.raises(ValueError, match=r"maxima must be int32 of shape \(11,\)"):
+        quantize_rows_and_columns(t, maxima=torch.zeros(10, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="got torch.int64"):
+        quantize_rows_and_columns(t, maxima=torch.zeros(11, dtype=torch.int64, device=DEVICE))

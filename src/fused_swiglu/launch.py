@@ -313,13 +313,17 @@ def swiglu_forward(x, w_gate, w_up, fast_accum: bool, store_preact: bool, activa
     return (y, *pair) if store_preact else (y, None, None)
 
 
-def swiglu_grads_from_preact(dy, gate, up, out=None, product=None, activation="silu"):
+def swiglu_grads_from_preact(dy, gate, up, out=None, product=None, activation="silu",
+                             maxima=None):
     """(dg, du) from dy and the stored g and u, into `out` (which may be (gate, up) itself:
     each element is read before it is overwritten, by the same program); with `product` (a
-    tensor of g's strides), y = act(g) * u into it as well."""
+    tensor of g's strides), y = act(g) * u into it as well. `maxima`, for float8: None, or
+    three zeroed int32 buffers of M + N elements (the last None without product), which
+    receive the bits of max |dg|, |du| and |y| of each row, then of each column
+    (fp8/rows_columns.quantize_rows_and_columns takes them)."""
     M, N = dy.shape
     d_gate, d_up = (new_output((M, N), gate), new_output((M, N), up)) if out is None else out
-    _glu_pointwise(dy, gate, up, d_gate, d_up, activation, product)
+    _glu_pointwise(dy, gate, up, d_gate, d_up, activation, product, maxima)
     return d_gate, d_up
 
 
@@ -345,17 +349,23 @@ def up_grad_from_preact(dy, gate, activation="silu"):
     return d_up
 
 
-def _glu_pointwise(dy, gate, up, d_gate, d_up, activation, product=None):
+def _glu_pointwise(dy, gate, up, d_gate, d_up, activation, product=None, maxima=None):
     """The elementwise pass; up and d_gate, or d_up, may be None, and product is; dy None
-    writes the product alone."""
+    writes the product alone; maxima as swiglu_grads_from_preact takes them."""
     M, N = gate.shape
     strides = {t.stride() for t in (gate, up, d_gate, d_up, product) if t is not None}
     if len(strides) != 1:
         raise ValueError(f"g, u, dg, du and y must share strides, got {sorted(strides)}")
-    block_m, block_n = 4, min(512, 1 << (N - 1).bit_length())
+    if maxima is None:
+        maxima = (None, None, None)
+        block_m, block_n = 4, min(512, 1 << (N - 1).bit_length())
+    else:
+        # square tiles with the maxima: a column's atomics are one per BLOCK_M rows (64 x 64,
+        # as the two-way quantizer's own maximum pass takes them)
+        block_m, block_n = (16, 16) if interpreting() else (64, 64)
     grid = (_cdiv(M, block_m), _cdiv(N, block_n))
     glu_pointwise_kernel[grid](
-        dy, gate, up, d_gate, d_up, product,
+        dy, gate, up, d_gate, d_up, product, *maxima,
         M, N,
         *(dy.stride() if dy is not None else (0, 0)), gate.stride(0), gate.stride(1),
         ACTIVATION=ACTIVATION_CODES[activation], BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,

@@ -196,11 +196,12 @@ swiglu_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _gate_grads_in_place(dy: Tensor, gate: Tensor, up: Tensor, activation: str,
-                         product=None) -> None:
+                         product=None, maxima=None) -> None:
     """Overwrite the saved g and u with dg and du, for the autograd.Functions below (and write
-    y = act(g) * u into `product` unless it is None)."""
+    y = act(g) * u into `product` unless it is None; maxima as
+    launch.swiglu_grads_from_preact takes them)."""
     launch.swiglu_grads_from_preact(dy, gate, up, out=(gate, up), product=product,
-                                    activation=activation)
+                                    activation=activation, maxima=maxima)
     # the kernel wrote g and u behind autograd's back: say so, so that nothing else that saved
     # them reads dg and du as g and u
     torch.autograd.graph.increment_version((gate, up))

@@ -53,11 +53,12 @@ def _(t, rows, columns):
     return (*by_rows, *by_columns)
 
 
-def quantize_both_ways(t: Tensor, rows: bool = True, columns: bool = True):
+def quantize_both_ways(t: Tensor, rows: bool = True, columns: bool = True, maxima=None):
     """(by_rows, by_columns): quantize_rows(t) and quantize_rows(t.t()), None where not
-    asked for."""
+    asked for; maxima: t's, where the eager pass that wrote t recorded them (compiled graphs
+    compute them again)."""
     if not torch.compiler.is_compiling():
-        return _matmul.quantize_both_ways(t, rows, columns)
+        return _matmul.quantize_both_ways(t, rows, columns, maxima)
     q_rows, row_scales, q_columns, column_scales = _quantize_both_ways(t, rows, columns)
     return ((q_rows, row_scales) if rows else None,
             (q_columns, column_scales) if columns else None)

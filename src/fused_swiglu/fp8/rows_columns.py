@@ -22,7 +22,8 @@ INTERPRETER_BLOCK = (16, 16, 4)
 DTYPE = torch.float8_e4m3fn
 
 
-def quantize_rows_and_columns(t: torch.Tensor, rows: bool = True, columns: bool = True):
+def quantize_rows_and_columns(t: torch.Tensor, rows: bool = True, columns: bool = True,
+                              maxima=None):
     """``t`` ``(M, N)`` in float8_e4m3fn with rowwise scaling both ways: exactly what
     ``quantize_groups(t, None)`` and ``quantize_groups(t.t(), None)`` return for finite t (the
     recipe leaves the scales of NaN and infinity unspecified; here a NaN makes its row's and
@@ -32,6 +33,9 @@ def quantize_rows_and_columns(t: torch.Tensor, rows: bool = True, columns: bool 
         t: ``(M, N)``, bfloat16, float16 or float32, any strides; on a GPU, or on the CPU
             under Triton's interpreter.
         rows, columns: which of the two to compute.
+        maxima: None, or the int32 bits of max |t| of each row, then of each column (``M + N``
+            elements), where the pass that wrote t recorded them
+            (launch.swiglu_grads_from_preact): t is then read once, not twice.
 
     Returns:
         ``(by_rows, by_columns)``: ``by_rows`` is ``(q, scales)`` with ``q`` ``(M, N)``
@@ -57,13 +61,18 @@ def quantize_rows_and_columns(t: torch.Tensor, rows: bool = True, columns: bool 
             if pair is not None:
                 pair[1].fill_(1.0)
         return by_rows, by_columns
-    # one zeroed buffer for both maxima: one allocation and one fill kernel fewer per call
-    amax = torch.zeros(M + N, dtype=torch.int32, device=t.device)
-    row_amax, column_amax = amax[:M], amax[M:]
     block_m, block_n, num_warps = INTERPRETER_BLOCK if interpreting() else GPU_BLOCK
     grid = (-(-M // block_m), -(-N // block_n))
-    row_column_amax_kernel[grid](t, row_amax, column_amax, M, N, t.stride(0), t.stride(1),
-                                 BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+    if maxima is None:
+        # one zeroed buffer for both maxima: one allocation and one fill kernel fewer per call
+        maxima = torch.zeros(M + N, dtype=torch.int32, device=t.device)
+        row_column_amax_kernel[grid](t, maxima[:M], maxima[M:], M, N, t.stride(0),
+                                     t.stride(1), BLOCK_M=block_m, BLOCK_N=block_n,
+                                     num_warps=num_warps)
+    elif maxima.shape != (M + N,) or maxima.dtype != torch.int32:
+        raise ValueError(f"{caller}: maxima must be int32 of shape ({M + N},) for t "
+                         f"{tuple(t.shape)}, got {maxima.dtype} of shape {tuple(maxima.shape)}")
+    row_amax, column_amax = maxima[:M], maxima[M:]
     q_rows, row_scales = by_rows or (None, None)
     q_columns, column_scales = by_columns or (None, None)
     quantize_rows_columns_kernel[grid](

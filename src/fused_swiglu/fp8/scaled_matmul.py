@@ -33,12 +33,14 @@ def quantize_rows(t: torch.Tensor):
     return quantize_rowwise(t)
 
 
-def quantize_both_ways(t: torch.Tensor, rows: bool = True, columns: bool = True):
+def quantize_both_ways(t: torch.Tensor, rows: bool = True, columns: bool = True,
+                       maxima=None):
     """``(by_rows, by_columns)``: quantize_rows(t) and quantize_rows(t.t()) of t ``(M, N)``, bit
     for bit, None where not asked for; the two-way kernels (fp8/rows_columns.py: two reads of t
-    for both) where they run, the recipe elsewhere."""
+    for both, one with the `maxima` that the pass writing t recorded) where they run, the
+    recipe elsewhere."""
     if runs_kernels(t) and t.numel():
-        return quantize_rows_and_columns(t, rows, columns)
+        return quantize_rows_and_columns(t, rows, columns, maxima)
     return (quantize_rowwise(t) if rows else None, quantize_rowwise(t.t()) if columns else None)
 
 

@@ -42,21 +42,28 @@ def _preact(x_q, x_s, dtype, w_gate, w_up, activation, store_preact):
 
 
 def _gate_grads(ctx, dy, gate, up, with_product=False):
-    """(dg, du, y) in dy's dtype from dy and g and u, by the 16-bit backward's pass; y =
-    act(g) * u only with_product, else None. Where the kernels run eagerly the pass overwrites
-    g and u with dg and du and writes y beside them, as the 16-bit block's backward does: new
-    tensors would hold two tokens x d_ff buffers more at the backward's peak, and y computed
-    in PyTorch four float32 ones. Overwritten saved tensors refuse a second backward
-    (ops.SECOND_BACKWARD_MESSAGE)."""
+    """(dg, du, y, maxima) in dy's dtype from dy and g and u, by the 16-bit backward's pass;
+    y = act(g) * u only with_product, else None. Where the kernels run eagerly the pass
+    overwrites g and u with dg and du and writes y beside them, as the 16-bit block's backward
+    does: new tensors would hold two tokens x d_ff buffers more at the backward's peak, and y
+    computed in PyTorch four float32 ones. Overwritten saved tensors refuse a second backward
+    (ops.SECOND_BACKWARD_MESSAGE). There the pass also records the row and column maxima of
+    dg, du and y, for their quantization (a read of each fewer): maxima is those three, else
+    (None, None, None)."""
     if runs_kernels(gate) and gate.numel() and not torch.compiler.is_compiling():
         product = launch.new_output(gate.shape, gate) if with_product else None
-        ops._gate_grads_in_place(dy, gate, up, ctx.activation, product=product)
+        m, n = gate.shape
+        # one zeroed allocation for all three
+        maxima = torch.zeros(3, m + n, dtype=torch.int32, device=gate.device).unbind()
+        if not with_product:
+            maxima = (*maxima[:2], None)
+        ops._gate_grads_in_place(dy, gate, up, ctx.activation, product=product, maxima=maxima)
         ctx.overwritten = not ctx.recompute
         ctx.grads_in_place = True
-        return gate, up, product
+        return gate, up, product, maxima
     product = _product(gate, up, ctx.activation) if with_product else None
     return (ops.gate_grad(dy, gate, up, ctx.activation),
-            ops.up_grad(dy, gate, ctx.activation), product)
+            ops.up_grad(dy, gate, ctx.activation), product, (None, None, None))
 
 
 def _product(gate, up, activation):
@@ -111,23 +118,25 @@ class Fp8SwiGLU(torch.autograd.Function):
     def backward(ctx, dy):
         x, w_gate, w_up, gate, up = ops._saved_for_eager_backward(ctx)
         gate, up, x_t = _backward_inputs(ctx, "swiglu", x, w_gate, w_up, gate, up, dy.dtype)
-        d_gate, d_up, _ = _gate_grads(ctx, dy.contiguous(), gate, up)
+        d_gate, d_up, _, maxima = _gate_grads(ctx, dy.contiguous(), gate, up)
         del gate, up
-        return (*_projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up),
+        return (*_projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up, maxima[:2]),
                 None, None)
 
 
-def _projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up):
+def _projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up, maxima):
     """(dx, dw_gate, dw_up), None where not needed, in float8 GEMMs; x_t is x^T quantized per
-    channel, or None to quantize it here."""
+    channel, or None to quantize it here; maxima: dg's and du's row and column maxima, or
+    None each."""
     need_x, need_wg, need_wu = ctx.needs_input_grad[:3]
     if x_t is None and (need_wg or need_wu):
         x_t = quantize_both_ways(x, False, True)[1]
     dx, weight_grads = None, []
     # each of dg and du quantized both ways at once (two reads), its float8 copies dropped
     # before the other's are made
-    for d_pre, w, need_w in ((d_gate, w_gate, need_wg), (d_up, w_up, need_wu)):
-        by_rows, by_columns = quantize_both_ways(d_pre, need_x, need_w)
+    for d_pre, w, need_w, d_pre_maxima in ((d_gate, w_gate, need_wg, maxima[0]),
+                                           (d_up, w_up, need_wu, maxima[1])):
+        by_rows, by_columns = quantize_both_ways(d_pre, need_x, need_w, d_pre_maxima)
         if getattr(ctx, "grads_in_place", False):
             # dg and du live in g's and u's memory, which the node holds until it returns; the
             # GEMMs read only their float8 copies, so each is given back now, before the GEMMs
@@ -167,18 +176,18 @@ class Fp8SwiGLUMLP(torch.autograd.Function):
         need_dw_down = ctx.needs_input_grad[3]
         d_hidden = _input_grad_part(quantize_rows(d_out), w_down, d_out.dtype)
         # the pass that computes dg and du writes y again for w_down's gradient
-        d_gate, d_up, hidden = _gate_grads(ctx, d_hidden, gate, up, need_dw_down)
+        d_gate, d_up, hidden, maxima = _gate_grads(ctx, d_hidden, gate, up, need_dw_down)
         del gate, up, d_hidden
         dw_down = None
         if need_dw_down:
             # d_out^T quantized only now, not with d_out's rows (one more read of d_out): the
             # backward's peak is the pass above, which its copy would have grown
             out_columns = quantize_both_ways(d_out, False, True)[1]
-            hidden_t = quantize_both_ways(hidden, False, True)[1]
+            hidden_t = quantize_both_ways(hidden, False, True, maxima[2])[1]
             del hidden
             dw_down = _weight_grad(out_columns, hidden_t, w_down)
             del hidden_t, out_columns
-        return (*_projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up),
+        return (*_projection_grads(ctx, d_gate, d_up, x, x_t, w_gate, w_up, maxima[:2]),
                 dw_down, None, None)
 
 
