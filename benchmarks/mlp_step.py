@@ -9,26 +9,17 @@ above the inputs. bfloat16, GPU only:
     python benchmarks/mlp_step.py [M,d_model,d_ff ...]
     python benchmarks/mlp_step.py timeline M,d_model,d_ff   # the kernels of one step each"""
 
-import copy
 import sys
-import types
 
 import torch
 import triton
-from torch import nn
 
 from fused_swiglu import SwiGLUMLP
 from fused_swiglu.bench import interleaved_medians, median_ms, memory_bytes
+from fused_swiglu.bench_block import EagerMLP, block_steps, liger_mlp, torchao_float8
 
 SHAPES = [(4096, 2048, 5632), (8192, 4096, 11008), (16384, 4096, 14336), (4096, 8192, 28672)]
 DTYPE = torch.bfloat16
-
-
-class EagerMLP(SwiGLUMLP):
-    """LlamaMLP's forward on SwiGLUMLP's parameters."""
-
-    def forward(self, x):
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 def modules(d_model, d_ff):
@@ -37,13 +28,9 @@ def modules(d_model, d_ff):
              "fused_swiglu recompute": SwiGLUMLP(d_model, d_ff, device="cuda", dtype=DTYPE,
                                                  recompute=True),
              "eager": EagerMLP(d_model, d_ff, device="cuda", dtype=DTYPE)}
-    try:
-        from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
-        config = types.SimpleNamespace(hidden_size=d_model, intermediate_size=d_ff,
-                                       hidden_act="silu")
-        found["liger"] = LigerSwiGLUMLP(config).to("cuda", DTYPE)
-    except ImportError:
-        pass
+    liger = liger_mlp(d_model, d_ff, "cuda", DTYPE)
+    if liger is not None:
+        found["liger"] = liger
     for module in found.values():  # the same weights everywhere
         module.load_state_dict(ours.state_dict())
     fp8 = SwiGLUMLP(d_model, d_ff, device="cuda", dtype=DTYPE, fp8=True)
@@ -51,14 +38,12 @@ def modules(d_model, d_ff):
     found["fused_swiglu fp8"] = fp8
     found["torch.compile"] = torch.compile(found["eager"], dynamic=True)
     found["fused_swiglu compiled"] = torch.compile(ours, dynamic=True)
-    try:
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-    except ImportError:
-        return found
     for recipe in ("tensorwise", "rowwise"):
-        module = convert_to_float8_training(
-            copy.deepcopy(found["eager"]), config=Float8LinearConfig.from_recipe_name(recipe))
-        found[f"torchao {recipe} compiled"] = torch.compile(module)
+        module, why_not = torchao_float8(found["eager"], recipe)
+        if module is None:
+            print(f"# torchao {recipe}: {why_not}")
+        else:
+            found[f"torchao {recipe} compiled"] = module
     return found
 
 
@@ -66,10 +51,7 @@ def training_steps(found, m, d_model):
     """(x, d_out, {name: one forward+backward of that module on x with d_out})."""
     x = torch.randn(m, d_model, device="cuda", dtype=DTYPE, requires_grad=True)
     d_out = torch.randn(m, d_model, device="cuda", dtype=DTYPE)
-    steps = {name: (lambda module=module: torch.autograd.grad(
-                 module(x), (x, *module.parameters()), d_out))
-             for name, module in found.items()}
-    return x, d_out, steps
+    return x, d_out, block_steps(found, x, d_out)
 
 
 def main(shapes):

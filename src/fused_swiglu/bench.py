@@ -545,8 +545,9 @@ def parser():
                         + ",".join(map(str, TRAIN_TOKENS + [512] + DECODE_TOKENS))
                         + "); from 512 up forward and forward+backward, below it (decode) "
                         "the forward alone, as CUDA-graph replays")
-    p.add_argument("--dtypes", default="bfloat16,float16", metavar="NAME,...",
-                   help=f"dtypes to run, from {', '.join(DTYPES)} (default: %(default)s)")
+    p.add_argument("--dtypes", metavar="NAME,...",
+                   help=f"dtypes to run, from {', '.join(DTYPES)} (default: bfloat16,float16; "
+                        "with --block, bfloat16)")
     p.add_argument("--layouts", default=",".join(LAYOUTS), metavar="NAME,...",
                    help="weight layouts to run, each against the bound and baselines in the "
                         "same layout (default: all four, see above)")
@@ -564,17 +565,28 @@ def parser():
                         f"(default: {default_out_dir()})")
     p.add_argument("--tag", help="name the CSV swiglu_TAG.csv instead of swiglu.csv, so that "
                                  "split runs can share one folder")
+    p.add_argument("--block", action="store_true",
+                   help="time the whole block with its down projection instead "
+                        "(fused_swiglu.bench_block), forward+backward on nn.Linear weights: "
+                        "eager, torch.compile, Liger, SwiGLUMLP, SwiGLUMLP(fp8=True) and "
+                        "torchao's float8 tensorwise and rowwise (where torchao imports), "
+                        "against the block's GEMMs alone in 16-bit cuBLAS and in cuBLAS "
+                        "float8 with rowwise scales (operands quantized beforehand: the "
+                        "quantization is not in that bound). From M = 512 up: smaller --tokens "
+                        "are skipped, and --tokens with none from 512 up is an error. 16-bit "
+                        "--dtypes only; writes block.csv (block_TAG.csv)")
     return p
 
 
 def parse_args(argv=None):
     """The command line, checked: an argparse namespace with the lists the run takes (cases,
-    dtypes, layouts, impl_names) and out."""
+    dtypes, layouts, impl_names) and out; with --block, bench_block.check_args's too."""
     p = parser()
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
-    args.dtypes = [getattr(torch, n) for n in _names(args.dtypes, DTYPES, "dtype", p)]
+    dtypes = args.dtypes or ("bfloat16" if args.block else "bfloat16,float16")
+    args.dtypes = [getattr(torch, n) for n in _names(dtypes, DTYPES, "dtype", p)]
     args.layouts = _names(args.layouts, LAYOUTS, "layout", p)
     args.impl_names = [IMPL_NAMES[n] for n in _names(args.impls, IMPL_NAMES, "impl", p)]
     if args.tag is not None and not all(c.isalnum() or c in "-_." for c in args.tag):
@@ -598,6 +610,10 @@ def parse_args(argv=None):
                        key=lambda c: (c[1] < 512) + (c[1] <= 512))
     args.cases = cases
     args.out = pathlib.Path(args.out) if args.out else default_out_dir()
+    if args.block:
+        # imported here: bench_block imports this module
+        from . import bench_block
+        bench_block.check_args(args, p)
     return args
 
 
@@ -605,6 +621,11 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("the benchmark needs a CUDA GPU")
+    if args.block:
+        from . import bench_block
+        bench_block.run(args.cases, args.dtypes, out_dir=args.out, rounds=args.rounds,
+                        tag=args.tag, skipped=args.block_skipped)
+        return
     run(args.cases, args.dtypes, out_dir=args.out, rounds=args.rounds, layouts=args.layouts,
         impl_names=args.impl_names, tag=args.tag)
 
