@@ -1,10 +1,13 @@
 """Helpers of the float8 GEMM tests: samples whose scales matter, the operands quantized as
 the reference quantizes them, the exact float64 result and the bound of a result rounded once."""
 
+import pytest
 import torch
 from conftest import DEVICE, ON_GPU
 
+from fused_swiglu import tuning
 from fused_swiglu.activations import ACTIVATIONS
+from fused_swiglu.fp8 import launch as fp8_launch
 from fused_swiglu.fp8 import quantize_blockwise, quantize_rowwise
 from fused_swiglu.fp8.reference import fp8_operand
 
@@ -13,6 +16,21 @@ def nan_output(shape, dtype, like):
     """fp8.launch.new_output's stand-in: outputs that start as NaN, so that an element a kernel
     does not write shows up."""
     return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+
+
+@pytest.fixture(params=["kernels", "pytorch"] if not ON_GPU else ["kernels"])
+def path(request, monkeypatch):
+    """"kernels": the Triton kernels (the interpreter on a CPU), their outputs poisoned;
+    "pytorch": the plain-PyTorch path that CPU tensors take without the interpreter."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(tuning, "interpreting", lambda: False)
+
+        def no_kernels(*args, **kwargs):
+            raise AssertionError("a kernel ran on the plain-PyTorch path")
+        monkeypatch.setattr(fp8_launch, "new_output", no_kernels)
+    else:
+        monkeypatch.setattr(fp8_launch, "new_output", nan_output)
+    return request.param
 
 
 def sample(M, K, N, dtype=torch.bfloat16, bits=3):

@@ -5,17 +5,19 @@ import copy
 
 import pytest
 import torch
-from conftest import DEVICE, ON_GPU
-from fp8_checks import nan_output
+from conftest import DEVICE
+import fp8_checks
 
-from fused_swiglu import SwiGLUMLP, quantize_fp8, swiglu_mlp, tuning
+from fused_swiglu import SwiGLUMLP, quantize_fp8, swiglu_mlp
 from fused_swiglu.activations import ACTIVATIONS
-from fused_swiglu.fp8 import launch as fp8_launch
 from fused_swiglu.fp8 import quantize_rowwise
 from fused_swiglu.fp8.decode import DECODE_MAX_TOKENS
 from fused_swiglu.fp8.inference import QuantizedSwiGLUMLP
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+
+# the kernels (outputs poisoned) and the plain-PyTorch path, as a fixture
+path = fp8_checks.path
 
 
 def model(packed=False, activation="silu", d_model=48, d_ff=40):
@@ -77,21 +79,6 @@ def test_forward_only_and_checked():
     assert type(mixed[0]) is SwiGLUMLP  # checked before anything changed
     assert "float8 weights" in repr(quantized[0])
     assert quantize_fp8(quantized) is quantized  # nothing left to convert
-
-
-@pytest.fixture(params=["kernels", "pytorch"] if not ON_GPU else ["kernels"])
-def path(request, monkeypatch):
-    """"kernels": the Triton kernels (the interpreter on a CPU), their outputs poisoned;
-    "pytorch": the plain-PyTorch path that CPU tensors take without the interpreter."""
-    if request.param == "pytorch":
-        monkeypatch.setattr(tuning, "interpreting", lambda: False)
-
-        def no_kernels(*args, **kwargs):
-            raise AssertionError("a kernel ran on the plain-PyTorch path")
-        monkeypatch.setattr(fp8_launch, "new_output", no_kernels)
-    else:
-        monkeypatch.setattr(fp8_launch, "new_output", nan_output)
-    return request.param
 
 
 def weight_only_reference(mlp, x):

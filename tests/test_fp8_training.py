@@ -6,15 +6,16 @@ on the plain-PyTorch one."""
 import pytest
 import torch
 from conftest import DEVICE, ON_GPU
-from fp8_checks import nan_output
+import fp8_checks
 
 from fused_swiglu import SwiGLUMLP, swiglu, swiglu_mlp, swiglu_reference
-from fused_swiglu import tuning
-from fused_swiglu.fp8 import launch as fp8_launch
 from fused_swiglu.fp8 import stacked
 from fused_swiglu.fp8.reference import swiglu_fp8_training_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+
+# the kernels (outputs poisoned) and the plain-PyTorch path, as a fixture
+path = fp8_checks.path
 
 # Against the float64 SwiGLU: e4m3 keeps 4 significant bits (test_fp8_quantize.FP8_TOLERANCE
 # has the reasoning); the block's gradients pass through three quantized GEMMs. Worst of 40
@@ -38,21 +39,6 @@ FAST_ACCUMULATION_TOLERANCE = 2.0 ** -12  # times sqrt(d_model)
 SHAPES = [(37, 48, 40), (37, 40, 24), (1, 48, 256)]
 if ON_GPU:
     SHAPES += [(4096, 2048, 5632), (1000, 1000, 1000)]
-
-
-@pytest.fixture(params=["kernels", "pytorch"] if not ON_GPU else ["kernels"])
-def path(request, monkeypatch):
-    """"kernels": the Triton kernels (the interpreter on a CPU); "pytorch": the plain-PyTorch
-    path that CPU tensors take without the interpreter."""
-    if request.param == "pytorch":
-        monkeypatch.setattr(tuning, "interpreting", lambda: False)
-
-        def no_kernels(*args, **kwargs):
-            raise AssertionError("a kernel ran on the plain-PyTorch path")
-        monkeypatch.setattr(fp8_launch, "new_output", no_kernels)
-    else:
-        monkeypatch.setattr(fp8_launch, "new_output", nan_output)
-    return request.param
 
 
 def relative_error(got, want):
