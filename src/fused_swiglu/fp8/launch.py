@@ -77,7 +77,7 @@ def quantize_groups(t: torch.Tensor, group=128, dtype=torch.float8_e4m3fn,
         # nothing to read: every scale is an all-zero group's, 1 (as the recipe has it)
         scales.fill_(1.0)
         return q, scales
-    block_m, block_k, one_chunk, num_warps = _groups_launch(group)
+    block_m, block_k, one_chunk, num_warps = _groups_launch(group, t.stride(1) == 1 or K == 1)
     grid = (-(-M // block_m), n_groups)
     quantize_groups_kernel[grid](
         t, q, scales,
@@ -89,13 +89,16 @@ def quantize_groups(t: torch.Tensor, group=128, dtype=torch.float8_e4m3fn,
     return q, scales
 
 
-def _groups_launch(group: int):
+def _groups_launch(group: int, contiguous_rows: bool):
     """(BLOCK_M, BLOCK_K, ONE_CHUNK, num_warps) of quantize_groups_kernel for groups of
-    `group` columns."""
+    `group` columns. Rows strided in memory (a transposed nn.Linear weight) take the two
+    passes of TWO_PASS_BLOCK_M rows, whose neighbouring rows make the loads' contiguous
+    stretches: one read of few rows ran 1.6-3.5x slower there, and the two-way kernels'
+    coalesced tiles no faster than these two passes, in two launches (NOTES.md, v16)."""
     width = _next_power_of_2(group)
     one_chunk_max, max_block_k = ((INTERPRETER_ONE_CHUNK_MAX_WIDTH, INTERPRETER_MAX_BLOCK_K)
                                   if interpreting() else (ONE_CHUNK_MAX_WIDTH, MAX_BLOCK_K))
-    if width > one_chunk_max:
+    if width > one_chunk_max or not contiguous_rows:
         return TWO_PASS_BLOCK_M, min(width, max_block_k), False, 4
     block_m = max(1, BLOCK_ELEMENTS // width)
     threads = block_m * width // ELEMENTS_PER_THREAD

@@ -24,11 +24,6 @@ def quantize_rows(t: torch.Tensor):
     one scale per row (fused_swiglu.fp8.recipe's rowwise scaling); q row-major. The kernel
     where it runs, the recipe (bit for bit the same) elsewhere."""
     if runs_kernels(t) and t.numel():
-        if t.stride(0) == 1 and t.stride(1) != 1:
-            # rows strided in memory (a transposed nn.Linear weight): t^T's columns, read in
-            # coalesced tiles by the two-way kernels, instead of rows whose neighbours lie a
-            # row of t^T apart
-            return quantize_rows_and_columns(t.t(), False, True)[1]
         return quantize_groups(t, None)
     return quantize_rowwise(t)
 
