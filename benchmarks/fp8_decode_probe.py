@@ -59,12 +59,9 @@ def weights_as_a_kernel(a, w, w_scales, out, M, N, K,
         if GATED:
             acc_u = mma(tl.load(w_ptrs + stride_wp, mask=w_mask, other=0.0).to(x_t.dtype),
                         x_t, acc_u, tl.float32)
-    out_t = acc_g * tl.load(w_scales + cols * stride_sn, mask=col_mask, other=0.0)[:, None]
-    if GATED:
-        up_scale = tl.load(w_scales + stride_sp + cols * stride_sn, mask=col_mask, other=0.0)
-        out_t = activation(out_t, ACTIVATION) * (acc_u * up_scale[:, None])
-    tl.store(out + rows[None, :] * stride_om + cols[:, None] * stride_on,
-             rounded(out_t, out.dtype.element_ty), mask=col_mask[:, None] & row_mask[None, :])
+    # back to (tokens, channels) for the shared epilogue: once per program, beside the K loop
+    _scaled_store(tl.trans(acc_g), tl.trans(acc_u), w_scales, out, rows, cols, M, N,
+                  stride_sp, stride_sn, stride_om, stride_on, GATED, ACTIVATION)
 
 
 @triton.jit
@@ -92,12 +89,23 @@ def cuda_cores_kernel(a, w, w_scales, out, M, N, K,
         if GATED:
             up_w = tl.load(w_ptrs + stride_wp, mask=w_mask, other=0.0).to(tl.float32)
             acc_u += tl.sum(x[:, :, None] * up_w[None, :, :], axis=1)
+    _scaled_store(acc_g, acc_u, w_scales, out, rows, cols, M, N,
+                  stride_sp, stride_sn, stride_om, stride_on, GATED, ACTIVATION)
+
+
+@triton.jit
+def _scaled_store(acc_g, acc_u, w_scales, out, rows, cols, M, N,
+                  stride_sp, stride_sn, stride_om, stride_on,
+                  GATED: tl.constexpr, ACTIVATION: tl.constexpr):
+    """The variants' epilogue on (tokens, channels) sums, as kernels/fp8_weight_gemm.py's:
+    the per-channel scales, with GATED act(g) * u, stored in out's dtype."""
+    col_mask = cols < N
     out_v = acc_g * tl.load(w_scales + cols * stride_sn, mask=col_mask, other=0.0)[None, :]
     if GATED:
         up_scale = tl.load(w_scales + stride_sp + cols * stride_sn, mask=col_mask, other=0.0)
         out_v = activation(out_v, ACTIVATION) * (acc_u * up_scale[None, :])
     tl.store(out + rows[:, None] * stride_om + cols[None, :] * stride_on,
-             rounded(out_v, out.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+             rounded(out_v, out.dtype.element_ty), mask=(rows < M)[:, None] & col_mask[None, :])
 
 
 def variant(kernel, block_m):
